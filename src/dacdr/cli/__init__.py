@@ -1,0 +1,13 @@
+"""The `dacdr` command line. Each command group lives in its own module and registers on `app`."""
+
+from __future__ import annotations
+
+from dacdr.cli import core as _core  # noqa: F401  (registers demo, generate, train, evaluate, models)
+from dacdr.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

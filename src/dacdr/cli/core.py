@@ -1,0 +1,126 @@
+"""Core commands: demo, generate, train, evaluate, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from dacdr.cli.app import app, console, user_errors
+
+
+@app.command()
+@user_errors
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="1 seed, smaller data: about a minute")] = False,
+    seeds: Annotated[int, typer.Option(min=1, help="model seeds (ignored with --quick)")] = 3,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("demo-out"),
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+) -> None:
+    """Generate the synthetic demo world, train DACDR, its ablations and DNN-multi, report vs the oracle."""
+    import torch
+
+    from dacdr.demo import run_demo
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_demo(out, seeds=seeds, quick=quick, console=console)
+
+
+@app.command()
+@user_errors
+def generate(
+    preset: Annotated[str, typer.Argument(help="tiny | demo | industrial | scale")],
+    out: Annotated[Path, typer.Option(help="dataset directory to write")],
+    seed: Annotated[int, typer.Option(help="world seed")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing directory")] = False,
+) -> None:
+    """Generate a synthetic cross-domain click log in the dacdr dataset layout."""
+    from dacdr.data.synthetic import generate as gen
+    from dacdr.data.synthetic import get_preset
+
+    path = gen(get_preset(preset), out, seed=seed, overwrite=overwrite)
+    console.print(f"wrote {path}")
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML run config (see configs/)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.epochs=3")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (overrides the config's `out`)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run in the same directory")] = True,
+) -> None:
+    """Train one model from a config; the best checkpoint and test metrics land in the run directory."""
+    from dacdr.config import load_run_config
+    from dacdr.runner import train_run
+
+    cfg = load_run_config(config, _parse_overrides(set_ or []))
+    results = train_run(cfg, run_dir=out, resume=resume)
+    _print_results(results)
+
+
+@app.command()
+@user_errors
+def evaluate(run_dir: Annotated[Path, typer.Argument(help="a run directory written by `dacdr train`")]) -> None:
+    """Re-evaluate a run's best checkpoint on its test split."""
+    from dacdr.config import RunConfig
+    from dacdr.runner import prepare_data
+    from dacdr.training.checkpoint import load_model
+    from dacdr.training.trainer import Trainer
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: missing; is {run_dir} a run directory?")
+    cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
+    model, desc = load_model(run_dir)
+    prepared = prepare_data(cfg.data)
+    results = Trainer(prepared, model, desc["name"], cfg.train.model_copy(update={"progress": False}),
+                      run_dir).evaluate()
+    _print_results(results)
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered models."""
+    from dacdr.models import get_entry, model_names
+
+    for name in model_names():
+        e = get_entry(name)
+        extra = f" ({', '.join(f'{k}={v}' for k, v in e.fixed.items())})" if e.fixed else ""
+        console.print(f"{name}: {e.cls.__module__}.{e.cls.__name__}{extra}")
+
+
+def _print_results(results: dict) -> None:
+    from rich.table import Table
+
+    for scope in ("cold", "all"):
+        rows = results["test"][scope]
+        if not rows:
+            continue
+        keys = [k for k in next(iter(rows.values())) if k != "n"]
+        table = Table(title=f"{results['model']} — test, {'cold-start users' if scope == 'cold' else 'all users'}")
+        table.add_column("domain")
+        for k in keys:
+            table.add_column(k)
+        table.add_column("n")
+        oracle = results.get("oracle", {}).get(scope, {})
+        for d, m in rows.items():
+            table.add_row(d, *(f"{m[k]:.4f}" for k in keys), str(m.get("n", "")))
+            if d in oracle:
+                table.add_row("  oracle", *(f"{oracle[d].get(k, float('nan')):.4f}" for k in keys), "")
+        console.print(table)
+    console.print(json.dumps({"run": results.get("model"), "seed": results.get("seed")}))

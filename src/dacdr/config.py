@@ -1,0 +1,114 @@
+"""Validated run configuration: what to train, on which data, how.
+
+Configs are YAML files validated by pydantic before anything heavy starts; a bad value fails at once with
+the path of the field (``train.batch_size: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how samples are built."""
+
+    path: str | None = Field(None, description="dataset directory in the dacdr layout (docs/data-format.md)")
+    synthetic: str | None = Field(None, description="synthetic preset to generate when `path` is not given")
+    synthetic_seed: int = Field(0, description="seed of the synthetic world (independent of the model seed)")
+    max_len: int = Field(50, gt=0, le=1024, description="most recent source behaviours kept per sample (L)")
+    protocol: Literal["time", "users"] = Field(
+        "time", description="'time': P1, the test period is the last day; 'users': P2, a share of users held out"
+    )
+    cold_start_share: float = Field(
+        0.2, gt=0, lt=1, description="P2 only: share of overlapping users held out as cold-start test users"
+    )
+    valid_share: float = Field(
+        0.1, gt=0, lt=1, description="share of training users per target whose rows form the validation split"
+    )
+    source_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="share of source-domain rows used as training samples (when a model uses them)"
+    )
+    cache_dir: str | None = Field(None, description="sample cache; default <dataset>/.cache")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path is None and self.synthetic is None:
+            raise ValueError("set either data.path or data.synthetic")
+        return self
+
+
+class ModelConfig(_Strict):
+    """Which registered model, and its hyper-parameters (passed to the model's constructor)."""
+
+    name: str = Field("DACDR", description="a name from `dacdr models`")
+    params: dict[str, Any] = Field(default_factory=dict, description="constructor keyword arguments")
+
+
+class TrainConfig(_Strict):
+    """Optimisation and early stopping."""
+
+    epochs: int = Field(10, gt=0, description="maximum epochs")
+    batch_size: int = Field(1024, gt=0)
+    eval_batch_size: int = Field(8192, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(2, ge=0, description="epochs without validation improvement before stopping")
+    seed: int = 0
+    num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
+    train_on: Literal["targets", "source+targets"] | None = Field(
+        None, description="which domains' samples to train on; default: the model's own choice"
+    )
+    max_steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch (quick runs)")
+    progress: bool = Field(True, description="show a Rich progress bar")
+
+
+class RunConfig(_Strict):
+    """A whole training run, as written in `configs/*.yaml`."""
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    out: str | None = Field(None, description="run directory; default runs/<model>-<seed>")
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message lists each bad field by its path."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML run config; `overrides` are dotted keys (``train.epochs``) set on top."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such config file") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from e

@@ -1,0 +1,46 @@
+"""What every model in the registry is: an nn.Module scoring (sequence, item, domain) inputs."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dacdr.data.features import FeatureSpec
+
+
+class RecModel(nn.Module):
+    """Base class. Subclasses implement `forward` and set the class attributes below.
+
+    `forward(seq, seq_mask, item, domain)` returns one raw score per sample: a logit for the click task,
+    the predicted rating for the rating task. Keeping the signature to four tensors lets every model be
+    exported to ONNX / TorchScript and served the same way.
+    """
+
+    train_on: ClassVar[str] = "targets"
+    """default training samples: 'targets' or 'source+targets'"""
+
+    def __init__(self, spec: FeatureSpec, **params: Any):
+        super().__init__()
+        self.spec = spec
+        self.params = params
+
+    def forward(
+        self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+
+    def predict(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw scores -> click probabilities, or ratings clamped to the label range."""
+        if self.spec.task == "ctr":
+            return torch.sigmoid(raw)
+        lo, hi = self.spec.label_range
+        return raw.clamp(lo, hi)
+
+    def output_layer(self) -> nn.Linear:
+        """The final linear layer, whose bias the trainer sets to the base rate before training."""
+        raise NotImplementedError

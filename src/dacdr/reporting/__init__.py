@@ -1,0 +1,1 @@
+"""Turning run results into metrics.json, markdown tables and plots."""

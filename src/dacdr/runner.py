@@ -1,0 +1,63 @@
+"""Programmatic entry points: from a validated config to a trained, evaluated run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from dacdr.config import DataConfig, RunConfig
+from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.models import create_model, get_entry
+from dacdr.training.trainer import Trainer
+
+
+def dataset_path(data: DataConfig, root: str | Path = "data") -> Path:
+    """The dataset directory of a config, generating the synthetic preset on first use."""
+    if data.path is not None:
+        return Path(data.path)
+    from dacdr.data.synthetic import generate
+
+    out = Path(root) / f"synthetic-{data.synthetic}-seed{data.synthetic_seed}"
+    if not (out / "dataset.json").exists():
+        generate(data.synthetic, out, seed=data.synthetic_seed)
+    return out
+
+
+def prepare_data(data: DataConfig, split_seed: int = 0, data_root: str | Path = "data") -> PreparedData:
+    return prepare_cached(
+        dataset_path(data, data_root),
+        cache_dir=data.cache_dir,
+        max_len=data.max_len,
+        protocol=data.protocol,
+        valid_share=data.valid_share,
+        cold_start_share=data.cold_start_share,
+        source_sample_rate=data.source_sample_rate,
+        seed=split_seed,
+    )
+
+
+def train_run(
+    cfg: RunConfig,
+    prepared: PreparedData | None = None,
+    run_dir: str | Path | None = None,
+    console: Console | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data`, keep the best checkpoint, evaluate it on the test split."""
+    get_entry(cfg.model.name)  # fail on an unknown model before any data work
+    prepared = prepared or prepare_data(cfg.data)
+    run_dir = Path(run_dir or cfg.out or f"runs/{cfg.model.name.replace(' ', '_')}-seed{cfg.train.seed}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    import torch
+
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(cfg.model.name, prepared.spec, **cfg.model.params)
+    trainer = Trainer(prepared, model, cfg.model.name, cfg.train, run_dir, console)
+    history = trainer.fit(resume=resume)
+    results = trainer.evaluate()
+    results["history"] = history
+    return results

@@ -1,0 +1,224 @@
+"""The one trainer: mini-batch AdamW, phases, early stopping on validation, best checkpoint, resume.
+
+A run directory holds everything about a run: `config.yaml`, `log.txt`, `history.json` (one line of
+validation metrics per epoch), the best model (`model.safetensors` + `model.json`), `resume/` (optimizer
+state and counters, to continue after an interruption) and `results.json` (test metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dacdr.config import TrainConfig
+from dacdr.data.batches import BatchGatherer
+from dacdr.data.samples import PreparedData
+from dacdr.evaluation import oracle_report, predict, score_metrics, test_report
+from dacdr.models import RecModel
+from dacdr.training.checkpoint import (
+    load_model,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
+
+
+@dataclass
+class Phase:
+    """One stage of training: which samples, which parameters, how many epochs.
+
+    Single-stage models use one phase; staged models (pre-train, bridge, meta-learn) return several from
+    `RecModel.phases()`, and the trainer runs them in order.
+    """
+
+    name: str
+    train_on: str = "targets"
+    epochs: int | None = None
+    trainable: Callable[[str], bool] | None = None
+    early_stopping: bool = True
+
+
+class Trainer:
+    def __init__(
+        self,
+        prepared: PreparedData,
+        model: RecModel,
+        model_name: str,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        console: Console | None = None,
+    ):
+        self.prepared, self.model, self.model_name, self.cfg = prepared, model, model_name, cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.console = console or Console(stderr=True)
+        self.gatherer = BatchGatherer(prepared)
+        self.task = prepared.spec.task
+        self.higher_is_better = self.task == "ctr"
+        self.loss_fn = torch.nn.BCEWithLogitsLoss() if self.task == "ctr" else torch.nn.MSELoss()
+
+    # ----------------------------------------------------------------- helpers
+    def log(self, msg: str) -> None:
+        with open(self.run_dir / "log.txt", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        if self.cfg.progress:
+            self.console.print(msg)
+
+    def phases(self) -> list[Phase]:
+        custom = getattr(self.model, "phases", None)
+        if callable(custom):
+            return custom()
+        return [Phase("main", self.cfg.train_on or self.model.train_on)]
+
+    def training_indices(self, train_on: str) -> np.ndarray:
+        split = self.prepared.split
+        if train_on == "targets":
+            return split.train_target
+        if train_on == "source":
+            return split.train_source
+        if train_on == "source+targets":
+            return np.concatenate([split.train_target, split.train_source])
+        raise ValueError(f"unknown train_on {train_on!r}")
+
+    def validation_score(self) -> tuple[float, dict[str, float]]:
+        idx = self.prepared.split.valid
+        preds = predict(self.model, self.gatherer, idx, self.cfg.eval_batch_size)
+        s = self.prepared.samples
+        m = score_metrics(self.task, s["label"][idx], preds, s["user"][idx])
+        return (m["auc"] if self.task == "ctr" else m["rmse"]), m
+
+    def _init_output_bias(self, idx: np.ndarray) -> None:
+        mean = float(self.prepared.samples["label"][idx].mean()) if len(idx) else 0.5
+        value = math.log(max(mean, 1e-4) / max(1 - mean, 1e-4)) if self.task == "ctr" else mean
+        with torch.no_grad():
+            self.model.output_layer().bias.fill_(value)
+
+    def _better(self, a: float, b: float | None) -> bool:
+        if b is None or math.isnan(b):
+            return not math.isnan(a)
+        return a > b if self.higher_is_better else a < b
+
+    # ----------------------------------------------------------------- training
+    def fit(self, resume: bool = True) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        resume_dir = self.run_dir / "resume"
+        saved = load_training_state(resume_dir) if resume else None
+        state: dict[str, Any] = {"phase": 0, "epoch": 0, "best": None, "bad_epochs": 0, "history": [],
+                                 "done": False}
+        if saved is not None:
+            blob, state = saved
+            self.model.load_state_dict(load_model(resume_dir)[0].state_dict())
+            self.log(f"resuming {self.model_name} at phase {state['phase']} epoch {state['epoch']}")
+        if state.get("done"):
+            return state["history"]
+        phases = self.phases()
+        for p_i in range(state["phase"], len(phases)):
+            phase = phases[p_i]
+            idx = self.training_indices(phase.train_on)
+            if len(idx) == 0:
+                raise ValueError(f"phase {phase.name!r}: no training samples for train_on={phase.train_on!r}")
+            params = [p for n, p in self.model.named_parameters() if phase.trainable is None or phase.trainable(n)]
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(phase.trainable is None or phase.trainable(n))
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            gen = torch.Generator().manual_seed(cfg.seed * 1000 + p_i)
+            if saved is not None and state["phase"] == p_i:
+                opt.load_state_dict(blob["optimizer"])
+                torch.set_rng_state(blob["rng"])
+                gen.manual_seed(cfg.seed * 1000 + p_i + 7919 * state["epoch"])
+            elif state["epoch"] == 0 and p_i == 0:
+                self._init_output_bias(self.training_indices("targets"))
+            epochs = phase.epochs or cfg.epochs
+            while state["epoch"] < epochs:
+                record = self._train_epoch(phase, idx, opt, gen, state["epoch"])
+                state["epoch"] += 1
+                if phase.early_stopping:
+                    score, vm = self.validation_score()
+                    record |= {f"valid_{k}": v for k, v in vm.items()}
+                    improved = self._better(score, state["best"])
+                    if improved:
+                        state["best"], state["bad_epochs"] = score, 0
+                        save_model(self.model, self.model_name, self.run_dir)
+                    else:
+                        state["bad_epochs"] += 1
+                    self.log(f"[{phase.name}] epoch {state['epoch']}: loss {record['loss']:.4f}, "
+                             f"valid {'auc' if self.task == 'ctr' else 'rmse'} {score:.4f}"
+                             f"{' (best)' if improved else ''}, {record['samples_per_s']:.0f} samples/s")
+                state["history"].append(record)
+                (self.run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+                save_model(self.model, self.model_name, resume_dir)
+                save_training_state(resume_dir, opt, state)
+                if phase.early_stopping and state["bad_epochs"] > cfg.patience:
+                    self.log(f"[{phase.name}] early stop after {state['epoch']} epochs")
+                    break
+            if not phase.early_stopping:
+                save_model(self.model, self.model_name, self.run_dir)
+            elif (self.run_dir / "model.safetensors").exists():
+                # Later phases start from the best weights of this one.
+                self.model.load_state_dict(load_model(self.run_dir)[0].state_dict())
+            state |= {"phase": p_i + 1, "epoch": 0, "best": None, "bad_epochs": 0}
+            saved = None
+        state["done"] = True
+        save_training_state(resume_dir, opt, state)
+        return state["history"]
+
+    def _train_epoch(
+        self, phase: Phase, idx: np.ndarray, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int
+    ) -> dict[str, Any]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        n_batches = math.ceil(len(idx) / cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            n_batches = min(n_batches, cfg.max_steps_per_epoch)
+        total_loss, seen, t0 = 0.0, 0, time.perf_counter()
+        progress = Progress(
+            TextColumn(f"{self.model_name} [{phase.name}] epoch {epoch + 1}"),
+            BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            console=self.console, transient=True, disable=not cfg.progress,
+        )
+        with progress:
+            task = progress.add_task("train", total=n_batches, rate="")
+            for step, batch in enumerate(self.gatherer.iterate(idx, cfg.batch_size, shuffle=True, generator=gen)):
+                if step >= n_batches:
+                    break
+                raw = model.score(batch)
+                loss = self.loss_fn(raw, batch["label"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bs = len(batch["label"])
+                total_loss += float(loss) * bs
+                seen += bs
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:,.0f} samples/s")
+        elapsed = time.perf_counter() - t0
+        return {"phase": phase.name, "epoch": epoch + 1, "loss": total_loss / max(seen, 1),
+                "samples": seen, "seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9)}
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """Test metrics of the best checkpoint, written to `results.json`."""
+        if (self.run_dir / "model.safetensors").exists():
+            self.model.load_state_dict(load_model(self.run_dir)[0].state_dict())
+        split = self.prepared.split
+        preds = predict(self.model, self.gatherer, split.test, self.cfg.eval_batch_size)
+        results: dict[str, Any] = {"model": self.model_name, "seed": self.cfg.seed,
+                                   "test": test_report(self.prepared, preds)}
+        oracle = oracle_report(self.prepared)
+        if oracle is not None:
+            results["oracle"] = oracle
+        (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        return results
