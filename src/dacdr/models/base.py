@@ -21,6 +21,10 @@ class RecModel(nn.Module):
     train_on: ClassVar[str] = "targets"
     """default training samples: 'targets' or 'source+targets'"""
 
+    inputs: ClassVar[tuple[str, ...]] = ("seq", "seq_mask", "item", "domain")
+    """batch keys passed positionally to `forward`; a model that needs user ids (CMF, EMCDR) adds "user"
+    (the user vocabulary index, `Batch["user"]`). Export and serving read this tuple."""
+
     def __init__(self, spec: FeatureSpec, **params: Any):
         super().__init__()
         self.spec = spec
@@ -32,7 +36,7 @@ class RecModel(nn.Module):
         raise NotImplementedError
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+        return self(*(batch[k] for k in self.inputs))
 
     def predict(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw scores -> click probabilities, or ratings clamped to the label range."""

@@ -134,15 +134,15 @@ class Trainer:
             for n, p in self.model.named_parameters():
                 p.requires_grad_(phase.trainable is None or phase.trainable(n))
             opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            gen = torch.Generator().manual_seed(cfg.seed * 1000 + p_i)
             if saved is not None and state["phase"] == p_i:
                 opt.load_state_dict(blob["optimizer"])
                 torch.set_rng_state(blob["rng"])
-                gen.manual_seed(cfg.seed * 1000 + p_i + 7919 * state["epoch"])
             elif state["epoch"] == 0 and p_i == 0:
                 self._init_output_bias(self.training_indices("targets"))
             epochs = phase.epochs or cfg.epochs
             while state["epoch"] < epochs:
+                # The shuffle order depends only on (seed, phase, epoch), so a resumed run replays exactly.
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + p_i * 1009 + state["epoch"])
                 record = self._train_epoch(phase, idx, opt, gen, state["epoch"])
                 state["epoch"] += 1
                 if phase.early_stopping:
@@ -200,7 +200,7 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 bs = len(batch["label"])
-                total_loss += float(loss) * bs
+                total_loss += float(loss.detach()) * bs
                 seen += bs
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 progress.update(task, advance=1, rate=f"{rate:,.0f} samples/s")
