@@ -20,7 +20,7 @@ from dacdr.training.trainer import Trainer
 def _trainer(prepared, tmp_path, name="DACDR", **overrides):
     cfg = TrainConfig(**({"epochs": 3, "batch_size": 256, "progress": False, "seed": 0} | overrides))
     torch.manual_seed(cfg.seed)
-    model = create_model(name, prepared.spec, dim=16, heads=2)
+    model = create_model(name, prepared.spec, dim=16, **({"heads": 2} if name.startswith("DACDR") else {}))
     return Trainer(prepared, model, name, cfg, tmp_path)
 
 
