@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dacdr.cli import core as _core  # noqa: F401  (registers demo, generate, train, evaluate, models)
+from dacdr.cli import deploy as _deploy  # noqa: F401  (registers package, export, serve, finetune)
 from dacdr.cli.app import app
 
 

@@ -1,0 +1,92 @@
+"""Deployment commands: package, export, serve, finetune."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dacdr.cli.app import app, console, user_errors
+
+
+@app.command()
+@user_errors
+def package(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (model.safetensors, model.json, config.yaml)")],
+    out: Annotated[Path, typer.Option(help="package directory to write")],
+    history_len: Annotated[int | None, typer.Option(min=1, help="behaviours kept per user in the store "
+                                                                 "(default: the model's max_len)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing package")] = False,
+) -> None:
+    """Build a versioned, checksummed model package with its id vocabularies and history store."""
+    from dacdr.package import build_package
+
+    build_package(run_dir, out, history_len=history_len, overwrite=overwrite, log=console.print)
+
+
+@app.command()
+@user_errors
+def export(
+    package_dir: Annotated[Path, typer.Argument(metavar="PACKAGE", help="a package directory")],
+    format: Annotated[str, typer.Option("--format", help="onnx | torchscript")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="output file (default: inside the package)")] = None,
+) -> None:
+    """Export a packaged model to ONNX or TorchScript (dynamic batch and sequence length)."""
+    from dacdr.export import export_package
+
+    path = export_package(package_dir, format, out)  # type: ignore[arg-type]
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def serve(
+    package_dir: Annotated[Path, typer.Argument(metavar="PACKAGE", help="a package directory")],
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    engine: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
+    threads: Annotated[int, typer.Option(min=1, help="intra-op threads per inference")] = 1,
+    max_items: Annotated[int, typer.Option(min=1, help="most candidate items per request")] = 1000,
+    max_body_bytes: Annotated[int, typer.Option(min=1024, help="largest accepted request body")] = 1 << 20,
+    admin_token: Annotated[str | None, typer.Option(
+        help="token for POST /v1/admin/reload (default: $DACDR_ADMIN_TOKEN; unset disables reload)")] = None,
+) -> None:
+    """Serve a package over HTTP (FastAPI on uvicorn)."""
+    import uvicorn
+
+    from dacdr.package import verify_package
+    from dacdr.serving.app import ServiceSettings, create_app
+
+    if engine not in ("torch", "onnx"):
+        raise ValueError(f"--engine must be 'torch' or 'onnx', got {engine!r}")
+    verify_package(package_dir)  # fail before binding the port
+    settings = ServiceSettings(
+        package=package_dir, engine=engine, threads=threads, max_items=max_items,  # type: ignore[arg-type]
+        max_body_bytes=max_body_bytes, admin_token=admin_token or os.environ.get("DACDR_ADMIN_TOKEN") or None,
+    )
+    console.print(f"serving {package_dir} on http://{host}:{port} (engine {engine})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_keep_alive=30,
+                limit_concurrency=512)
+
+
+@app.command()
+@user_errors
+def finetune(
+    base_run: Annotated[Path, typer.Argument(help="run directory of the trained base model")],
+    data: Annotated[Path, typer.Option(help="dataset directory holding the base domains and the new one")],
+    domain: Annotated[str, typer.Option(help="the new target domain")],
+    out: Annotated[Path | None, typer.Option(help="run directory to write")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="default: the base run's")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="default: the base run's")] = None,
+) -> None:
+    """Add a new target domain to a trained model, training only its new rows and the attention projections."""
+    from dacdr.training.finetune import finetune as run_finetune
+
+    out = out or base_run.parent / f"{base_run.name}-finetune-{domain}"
+    report = run_finetune(base_run, data, domain, out, epochs=epochs, lr=lr, log=console.print)
+    console.print(json.dumps({k: report[k] for k in ("trainable_parameters", "total_parameters",
+                                                     "train_seconds", "before", "after")}, indent=1))
+    console.print(f"wrote {out}")

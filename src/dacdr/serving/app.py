@@ -1,0 +1,282 @@
+"""The FastAPI scoring service.
+
+Routes: `POST /v1/score`, `POST /v1/score/batch`, `GET /v1/domains`, `GET /healthz`, `GET /readyz`,
+`GET /metrics`, `POST /v1/admin/reload`. Every client error is a 4xx whose JSON body is
+`{"error": "<field>: <message>", "field": "<field>"}`; bodies over the size limit are cut off while being
+read (413), so no request can hold a worker for long.
+
+Reload builds and warms the new scorer in a worker thread, then swaps one reference. A request takes the
+reference once when it starts, so in-flight requests finish on the old model and none fails meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from dacdr.package import PackageError
+from dacdr.serving.engines import EngineName
+from dacdr.serving.metrics import ServiceMetrics
+from dacdr.serving.scoring import RequestError, ScoreQuery, Scorer
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt
+
+
+@dataclass
+class ServiceSettings:
+    package: Path
+    engine: EngineName = "torch"
+    threads: int | None = 1
+    """intra-op threads per inference; requests run concurrently in the thread pool"""
+    max_items: int = 1000
+    max_batch_users: int = 256
+    max_body_bytes: int = 1 << 20
+    admin_token: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ schemas
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HistoryEvent(_Body):
+    item: Id
+    behaviour: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    rating: float | None = None
+
+
+class ScoreRequest(_Body):
+    user_id: Id
+    domain: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    items: Annotated[list[Id], Field(min_length=1)]
+    history: list[HistoryEvent] | None = Field(
+        None, description="recent source behaviours, oldest first; omitted: taken from the package's store"
+    )
+
+
+class BatchScoreRequest(_Body):
+    requests: Annotated[list[ScoreRequest], Field(min_length=1)]
+
+
+class ReloadRequest(_Body):
+    package: str | None = Field(None, description="package directory; default: the one being served")
+
+
+# ------------------------------------------------------------------------------------------ middleware
+
+
+class _Limits:
+    """Pure ASGI: body size limit (Content-Length and streamed bytes) and per-route metrics."""
+
+    def __init__(self, app, settings: ServiceSettings, metrics: ServiceMetrics, routes: set[str]):
+        self.app, self.settings, self.metrics, self.routes = app, settings, metrics, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = {"code": 500}
+        limit = self.settings.max_body_bytes
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                resp = _error(413, "body", f"request body over the limit of {limit} bytes")
+                await resp(scope, receive, send_wrapper)
+                return
+            seen = {"n": 0}
+
+            async def receive_wrapper():
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen["n"] += len(message.get("body", b""))
+                    if seen["n"] > limit:
+                        raise HTTPException(413, {"error": f"body: request body over the limit of {limit} bytes",
+                                                  "field": "body"})
+                return message
+
+            await self.app(scope, receive_wrapper, send_wrapper)
+        finally:
+            # label by route template (bounded cardinality); a body refused before routing keeps its path
+            path = getattr(scope.get("route"), "path", None) or (
+                scope["path"] if scope.get("path") in self.routes else "unmatched")
+            self.metrics.observe(scope.get("method", ""), path, status["code"], time.perf_counter() - t0)
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
+
+
+def _field_of(loc: tuple) -> str:
+    parts = [p for p in loc if p != "body"] or ["body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+
+class ServiceState:
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.scorer: Scorer | None = None
+        self.reload_lock = asyncio.Lock()
+
+    def load(self, path: Path) -> Scorer:
+        return Scorer.load(path, self.settings.engine, self.settings.threads)
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        state.scorer = await anyio.to_thread.run_sync(state.load, settings.package)
+        yield
+
+    app = FastAPI(title="dacdr scoring service", lifespan=lifespan)
+    app.state.service = state
+    routes: set[str] = set()  # filled once the routes below exist
+    app.add_middleware(_Limits, settings=settings, metrics=state.metrics, routes=routes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": ("body",), "msg": "invalid body"}
+        field = _field_of(tuple(first.get("loc", ("body",))))
+        msg = first.get("msg", "invalid")
+        if first.get("type") == "json_invalid":
+            field, msg = "body", f"not valid JSON ({first.get('ctx', {}).get('error', msg)})"
+            errs = []
+        body = {"error": f"{field}: {msg}", "field": field,
+                "errors": [{"field": _field_of(tuple(e.get("loc", ()))), "message": e.get("msg")} for e in errs[:20]]}
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc.detail, dict):
+            return JSONResponse(exc.detail, status_code=exc.status_code)
+        return _error(exc.status_code, "request", str(exc.detail))
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return _error(422, exc.field, exc.message)
+
+    def current() -> Scorer:
+        scorer = state.scorer
+        if scorer is None:
+            raise HTTPException(503, {"error": "service: model not loaded yet", "field": "service"})
+        return scorer
+
+    def check_items(n: int, where: str) -> None:
+        if n > settings.max_items:
+            raise RequestError(f"{where}items", f"at most {settings.max_items} items per request, got {n}")
+
+    @app.post("/v1/score")
+    def score(req: ScoreRequest) -> dict[str, Any]:
+        check_items(len(req.items), "")
+        scorer = current()
+        q = ScoreQuery(req.user_id, req.domain, req.items,
+                       None if req.history is None else [e.model_dump() for e in req.history])
+        result = scorer.score([q])[0]
+        state.metrics.add_items(len(req.items))
+        return result
+
+    @app.post("/v1/score/batch")
+    def score_batch(req: BatchScoreRequest) -> dict[str, Any]:
+        if len(req.requests) > settings.max_batch_users:
+            raise RequestError("requests", f"at most {settings.max_batch_users} users per batch, "
+                                           f"got {len(req.requests)}")
+        total = 0
+        for i, r in enumerate(req.requests):
+            check_items(len(r.items), f"requests[{i}].")
+            total += len(r.items)
+        if total > settings.max_items * 8:
+            raise RequestError("requests", f"at most {settings.max_items * 8} items per batch, got {total}")
+        scorer = current()
+        queries = [ScoreQuery(r.user_id, r.domain, r.items,
+                              None if r.history is None else [e.model_dump() for e in r.history], f"requests[{i}].")
+                   for i, r in enumerate(req.requests)]
+        results = scorer.score(queries)
+        state.metrics.add_items(total)
+        return {"results": results, "model_version": scorer.version}
+
+    @app.get("/v1/domains")
+    def domains() -> dict[str, Any]:
+        scorer = current()
+        return {"domains": scorer.pkg.domains, "model_version": scorer.version, "task": scorer.spec.task}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        scorer = state.scorer
+        if scorer is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": True, "model_version": scorer.version, "engine": scorer.engine.name})
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        scorer = state.scorer
+        text = state.metrics.render(
+            scorer.version if scorer else "none",
+            scorer.pkg.description["name"] if scorer else "none",
+            scorer.engine.name if scorer else settings.engine,
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/v1/admin/reload")
+    async def reload(
+        req: ReloadRequest | None = None, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        if not settings.admin_token:
+            raise HTTPException(403, {"error": "authorization: reload is disabled (no admin token configured)",
+                                      "field": "authorization"})
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
+            raise HTTPException(401, {"error": "authorization: missing or wrong admin token",
+                                      "field": "authorization"})
+        path = Path(req.package) if req and req.package else settings.package
+        async with state.reload_lock:
+            old = state.scorer
+            t0 = time.perf_counter()
+            try:
+                new = await anyio.to_thread.run_sync(state.load, path)
+            except (PackageError, FileNotFoundError, ValueError) as e:
+                state.metrics.reload("failed")
+                raise HTTPException(422, {"error": f"package: {e}", "field": "package"}) from None
+            state.scorer = new  # one reference assignment: the atomic swap
+            settings.package = path
+            state.metrics.reload("ok")
+        return {"previous_version": old.version if old else None, "model_version": new.version,
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    routes.update(getattr(r, "path", "") for r in app.routes)
+    return app

@@ -1,0 +1,72 @@
+"""Inference engines: eager PyTorch and ONNX Runtime behind one call signature.
+
+An engine takes the model inputs as numpy arrays (keys of `RecModel.inputs`) and returns predictions:
+click probabilities, or ratings clamped to the label range.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from dacdr.package import ModelPackage
+
+EngineName = Literal["torch", "onnx"]
+
+
+class Engine(Protocol):
+    name: str
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class TorchEngine:
+    """The packaged model in eager PyTorch, inference mode."""
+
+    name = "torch"
+
+    def __init__(self, pkg: ModelPackage):
+        self.model = pkg.model.eval()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            raw = self.model(*(torch.from_numpy(inputs[k]) for k in self.model.inputs))
+            return self.model.predict(raw).float().numpy()
+
+
+class OnnxEngine:
+    """The packaged model exported to ONNX (the package's `model.onnx` when current, else exported now)."""
+
+    name = "onnx"
+
+    def __init__(self, pkg: ModelPackage, threads: int | None = None):
+        import onnxruntime as ort
+
+        from dacdr.export import exported_onnx_for, onnx_bytes
+
+        graph = exported_onnx_for(pkg) or onnx_bytes(pkg.model)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.task = pkg.spec.task
+        self.label_range = pkg.spec.label_range
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raw = self.session.run(["score"], {k: inputs[k] for k in self.input_names})[0]
+        if self.task == "ctr":
+            return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
+        lo, hi = self.label_range
+        return np.clip(raw, lo, hi).astype(np.float32)
+
+
+def make_engine(pkg: ModelPackage, name: EngineName, threads: int | None = None) -> Engine:
+    if name == "torch":
+        return TorchEngine(pkg)
+    if name == "onnx":
+        return OnnxEngine(pkg, threads)
+    raise ValueError(f"unknown engine {name!r}: expected 'torch' or 'onnx'")

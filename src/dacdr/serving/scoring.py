@@ -1,0 +1,158 @@
+"""From request fields to model inputs and back: id look-ups, history resolution, batching.
+
+A `Scorer` is one loaded package plus its engine; the service swaps whole scorers on reload, so a request
+that holds a scorer finishes on it whatever happens meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dacdr.data.features import OOV
+from dacdr.package import ModelPackage, load_package
+from dacdr.serving.engines import Engine, EngineName, make_engine
+
+
+class RequestError(ValueError):
+    """Bad input in a scoring request; `field` is the JSON path of the offending value."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class ScoreQuery:
+    """One user's request, already validated for shape by the HTTP schema."""
+
+    user_id: str | int
+    domain: str
+    items: list[str | int]
+    history: list[dict[str, Any]] | None = None
+    where: str = ""
+    """JSON path prefix for error messages (e.g. `requests[3].`)"""
+
+
+@dataclass
+class _Resolved:
+    tokens: np.ndarray  # [n, F]
+    source: str  # "request" | "store" | "none"
+    unknown_user: bool
+    unknown_history_items: list[str | int] = field(default_factory=list)
+
+
+class Scorer:
+    def __init__(self, pkg: ModelPackage, engine: Engine):
+        self.pkg, self.engine = pkg, engine
+        spec = pkg.spec
+        self.spec = spec
+        self.version = pkg.version
+        self.item_vocab = pkg.vocabs["item"]
+        self.behaviour_vocab = pkg.vocabs["behaviour"]
+        self.rating_vocab = pkg.vocabs.vocabs.get("rating")
+        self.user_vocab = pkg.vocabs.vocabs.get("user")
+        self.n_fields = len(spec.sequence_fields)
+        self.max_len = spec.max_len
+        # sequence field j is item-table column item_col[j], or behaviour / rating (-1 / -2)
+        self.item_col = [spec.item_fields.index(f) if f in spec.item_fields else (-1 if f == "behaviour" else -2)
+                         for f in spec.sequence_fields]
+        self.domains = {d["domain"]: d for d in pkg.domains}
+
+    @classmethod
+    def load(cls, path: str | Path, engine: EngineName = "torch", threads: int | None = None) -> Scorer:
+        pkg = load_package(path)
+        scorer = cls(pkg, make_engine(pkg, engine, threads))
+        scorer.warm_up()
+        return scorer
+
+    def warm_up(self) -> None:
+        """One call per shape family before traffic, so the first request does not pay for lazy init."""
+        any_target = next(iter(self.domains))
+        for hist in ([], None):
+            self.score([ScoreQuery("__warmup__", any_target, ["__warmup__"] * 8, hist)])
+
+    # ---------------------------------------------------------------------------------------- inputs
+    def _encode_history(self, events: list[dict[str, Any]], where: str) -> tuple[np.ndarray, list]:
+        tokens = np.zeros((len(events), self.n_fields), dtype=np.int64)
+        unknown: list[str | int] = []
+        for i, ev in enumerate(events):
+            idx = self.item_vocab.lookup(ev["item"])
+            if idx == OOV:
+                unknown.append(ev["item"])
+            beh = self.behaviour_vocab.index.get(str(ev["behaviour"]))
+            if beh is None:
+                raise RequestError(f"{where}history[{i}].behaviour",
+                                   f"unknown behaviour {ev['behaviour']!r}; known: {self.behaviour_vocab.values}")
+            for j, col in enumerate(self.item_col):
+                if col >= 0:
+                    tokens[i, j] = self.pkg.item_table[idx, col]
+                elif col == -1:
+                    tokens[i, j] = beh
+                else:
+                    rating = ev.get("rating")
+                    if rating is None:
+                        raise RequestError(f"{where}history[{i}].rating", "required for a rating model")
+                    tokens[i, j] = self.rating_vocab.lookup(int(round(rating))) if self.rating_vocab else OOV
+        return tokens, unknown
+
+    def _resolve(self, q: ScoreQuery) -> _Resolved:
+        if q.history is not None:
+            tokens, unknown = self._encode_history(q.history, q.where)
+            return _Resolved(tokens[-self.max_len:], "request", False, unknown)
+        stored = self.pkg.store.history(str(q.user_id))
+        if stored is None:
+            return _Resolved(np.zeros((0, self.n_fields), dtype=np.int64), "none", True)
+        return _Resolved(stored[-self.max_len:], "store", False)
+
+    def score(self, queries: list[ScoreQuery]) -> list[dict[str, Any]]:
+        """Score every query's items in one engine call; one response dict per query, items in order."""
+        resolved, domain_rows, item_idx, counts = [], [], [], []
+        for q in queries:
+            dom = self.domains.get(q.domain)
+            if dom is None:
+                raise RequestError(f"{q.where}domain", f"unknown domain {q.domain!r}; known: {list(self.domains)}")
+            resolved.append(self._resolve(q))
+            domain_rows.append(dom["index"])
+            item_idx.append(np.fromiter((self.item_vocab.lookup(i) for i in q.items), np.int64, len(q.items)))
+            counts.append(len(q.items))
+        length = max(1, max(len(r.tokens) for r in resolved))  # one masked slot for all-empty histories
+        n_users = len(queries)
+        seq = np.zeros((n_users, length, self.n_fields), dtype=np.int64)
+        mask = np.zeros((n_users, length), dtype=bool)
+        for u, r in enumerate(resolved):
+            n = len(r.tokens)
+            if n:  # left-padded: the most recent behaviour is last, as in training batches
+                seq[u, length - n:] = r.tokens
+                mask[u, length - n:] = True
+        row_user = np.repeat(np.arange(n_users), counts)
+        items = np.concatenate(item_idx)
+        inputs = {
+            "seq": seq[row_user], "seq_mask": mask[row_user],
+            "item": self.pkg.item_table[items],
+            "domain": self.pkg.domain_table[np.repeat(np.asarray(domain_rows, dtype=np.int64), counts)],
+        }
+        if "user" in self.pkg.model.inputs:
+            users = np.array([self.user_vocab.lookup(q.user_id) if self.user_vocab else OOV for q in queries])
+            inputs["user"] = users[row_user]
+        t0 = time.perf_counter()
+        preds = self.engine(inputs)
+        infer_s = time.perf_counter() - t0
+        out, start = [], 0
+        for q, r, idx, n in zip(queries, resolved, item_idx, counts, strict=True):
+            out.append({
+                "user_id": q.user_id, "domain": q.domain,
+                "scores": preds[start:start + n].astype(float).tolist(),
+                "unknown_items": [q.items[k] for k in np.flatnonzero(idx == OOV)],
+                "history": {"source": r.source, "length": len(r.tokens), "unknown_user": r.unknown_user,
+                            "unknown_items": r.unknown_history_items},
+                "model_version": self.version,
+            })
+            start += n
+        self.last_inference_s = infer_s
+        return out
