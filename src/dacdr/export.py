@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -49,8 +50,6 @@ def onnx_bytes(model: RecModel) -> bytes:
     model.eval()
     inputs = example_inputs(model)
     buf = io.BytesIO()
-    import warnings
-
     with warnings.catch_warnings():
         # The legacy exporter warns that it is legacy; it is the one that needs no onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -64,7 +63,8 @@ def onnx_bytes(model: RecModel) -> bytes:
 def torchscript_module(model: RecModel) -> torch.jit.ScriptModule:
     """The model traced to TorchScript; shapes are read from the inputs at run time, so B and L are free."""
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated, still the TorchScript path
         return torch.jit.trace(model, tuple(example_inputs(model).values()), check_trace=False)
 
 

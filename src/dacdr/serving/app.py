@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -125,8 +126,12 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
 
 
+_UNION_TAG = re.compile(r"^(constrained-)?(str|int|float|bool)$|\[")
+
+
 def _field_of(loc: tuple) -> str:
-    parts = [p for p in loc if p != "body"] or ["body"]
+    """`("body", "history", 0, "item", "constrained-str")` -> `history[0].item` (union tags dropped)."""
+    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.search(p))] or ["body"]
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
@@ -170,6 +175,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         first = errs[0] if errs else {"loc": ("body",), "msg": "invalid body"}
         field = _field_of(tuple(first.get("loc", ("body",))))
         msg = first.get("msg", "invalid")
+        if sum(_field_of(tuple(e.get("loc", ()))) == field for e in errs) > 1:
+            msg = "; or ".join(e.get("msg", "") for e in errs if _field_of(tuple(e.get("loc", ()))) == field)
         if first.get("type") == "json_invalid":
             field, msg = "body", f"not valid JSON ({first.get('ctx', {}).get('error', msg)})"
             errs = []

@@ -1,0 +1,85 @@
+"""Export: ONNX and TorchScript agree with eager PyTorch on fresh inputs of any batch and sequence length."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from dacdr.export import export_package, exported_onnx_for, onnx_bytes, torchscript_module
+from dacdr.package import build_package, load_package
+from tests.serving.helpers import train_tiny_run
+
+SHAPES = [(1, 1), (5, 8), (3, 17)]  # (batch, length): 17 > the model's max_len and the traced length
+
+
+@pytest.fixture(scope="module")
+def package(handmade_path, tmp_path_factory):
+    run = train_tiny_run(handmade_path, tmp_path_factory.mktemp("run") / "run")
+    return build_package(run, tmp_path_factory.mktemp("pkg") / "pkg", log=lambda *_: None)
+
+
+def random_inputs(spec, batch, length, gen, empty_rows=()):
+    def ids(fields, *shape):
+        cols = [torch.randint(0, spec.vocab_sizes[f], shape, generator=gen) for f in fields]
+        return torch.stack(cols, dim=-1)
+
+    mask = torch.rand(batch, length, generator=gen) < 0.7
+    mask[:, -1] = True
+    for r in empty_rows:
+        mask[r] = False  # an empty source history
+    return {"seq": ids(spec.sequence_fields, batch, length), "seq_mask": mask,
+            "item": ids(spec.item_fields, batch), "domain": ids(spec.domain_fields, batch)}
+
+
+def cases(spec):
+    gen = torch.Generator().manual_seed(7)
+    for batch, length in SHAPES:
+        yield random_inputs(spec, batch, length, gen, empty_rows=(0,))
+        yield random_inputs(spec, batch, length, gen)
+
+
+def test_onnx_matches_eager(package):
+    pkg = load_package(package)
+    model = pkg.model
+    session = ort.InferenceSession(onnx_bytes(model), providers=["CPUExecutionProvider"])
+    for inputs in cases(model.spec):
+        with torch.no_grad():
+            want = model(*inputs.values()).numpy()
+        got = session.run(["score"], {k: v.numpy() for k, v in inputs.items()})[0]
+        assert got.shape == want.shape
+        assert np.isfinite(got).all()
+        assert np.abs(got - want).max() <= 1e-5
+
+
+def test_torchscript_matches_eager(package, tmp_path):
+    pkg = load_package(package)
+    model = pkg.model
+    path = tmp_path / "m.pt"
+    torchscript_module(model).save(str(path))
+    loaded = torch.jit.load(str(path))
+    for inputs in cases(model.spec):
+        with torch.no_grad():
+            want, got = model(*inputs.values()), loaded(*inputs.values())
+        assert got.shape == want.shape
+        assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_export_package_writes_files_with_a_version_sidecar(package, tmp_path):
+    pkg = load_package(package)
+    onnx_path = export_package(package, "onnx")
+    assert onnx_path == package / "model.onnx"
+    side = json.loads((package / "model.onnx.json").read_text())
+    assert side["package_version"] == pkg.version
+    assert side["dynamic_axes"]["seq"] == {"0": "batch", "1": "length"}
+    assert exported_onnx_for(pkg) == onnx_path.read_bytes()
+    # An export made from another package version is not served.
+    (package / "model.onnx.json").write_text(json.dumps(side | {"package_version": "other"}))
+    assert exported_onnx_for(pkg) is None
+    ts = export_package(package, "torchscript", tmp_path / "model.pt")
+    assert ts.is_file() and (tmp_path / "model.pt.json").is_file()
+    with pytest.raises(ValueError, match="--format"):
+        export_package(package, "tflite")  # type: ignore[arg-type]
