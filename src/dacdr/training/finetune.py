@@ -134,7 +134,7 @@ def trainable_rows(
         if f in spec.domain_fields and f not in spec.item_fields and f not in spec.sequence_fields:
             # only the rows the new domain uses; a new value of another new domain would not train here
             used = torch.zeros(size, dtype=torch.bool)
-            used[torch.from_numpy(prepared.domain_table[dom])] = True
+            used[int(prepared.domain_table[dom, spec.domain_fields.index(f)])] = True
             mask &= used
         mask[PAD] = False
         if mask.any():
@@ -258,6 +258,7 @@ def finetune(
         "epochs_run": len(history), "train_samples": len(tuned.split.train_target),
         "before": before, "after": {scope: results["test"][scope].get(domain) for scope in ("cold", "all")},
         "trainable_tensors": {n: (None if m is None else int(m.sum())) for n, m in masks.items()},
+        "base_vocab_sizes": base_model.spec.vocab_sizes,
     }
     (out / FINETUNE_REPORT).write_text(json.dumps(report, indent=1))
     log(f"fine-tuned {desc['name']} to {domain}: {trainable:,} of {total:,} parameters trained "
