@@ -37,6 +37,27 @@ class DataConfig(_Strict):
         1.0, ge=0, le=1, description="share of source-domain rows used as training samples (when a model uses them)"
     )
     cache_dir: str | None = Field(None, description="sample cache; default <dataset>/.cache")
+    min_count: dict[str, int] = Field(
+        default_factory=dict,
+        description="per embedded field (e.g. item): values seen fewer times before test_start share the OOV row",
+    )
+    hash_buckets: dict[str, int] = Field(
+        default_factory=dict,
+        description="per embedded field: hash values into this many rows (+ PAD and OOV) instead of one row each",
+    )
+    streaming: bool = Field(
+        False,
+        description="out-of-core: prepare into on-disk sample shards and a memory-mapped event table, and "
+        "stream the shards in training (docs/scaling.md); default: everything in memory",
+    )
+    shard_rows: int = Field(65_536, gt=0, description="streaming: samples per shard row group (the unit of sharding)")
+    sort_buckets: int | None = Field(
+        None, gt=0, description="streaming: user buckets of the external sort; default: about 2M rows per bucket"
+    )
+
+    def embedding_limits(self) -> dict[str, dict[str, int]]:
+        """The `min_count` / `hash_buckets` options that are set (unset ones keep old cache keys)."""
+        return {k: v for k, v in (("min_count", self.min_count), ("hash_buckets", self.hash_buckets)) if v}
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -68,6 +89,10 @@ class TrainConfig(_Strict):
     )
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch (quick runs)")
     progress: bool = Field(True, description="show a Rich progress bar")
+    num_workers: int = Field(0, ge=0, description="streaming: data-loader worker processes per rank")
+    find_unused_parameters: bool = Field(
+        False, description="DDP: allow parameters without a gradient in a step (slower; only if a model needs it)"
+    )
 
 
 class RunConfig(_Strict):

@@ -27,6 +27,15 @@ def dataset_path(data: DataConfig, root: str | Path = "data") -> Path:
 
 
 def prepare_data(data: DataConfig, split_seed: int = 0, data_root: str | Path = "data") -> PreparedData:
+    if data.streaming:  # out of core: a StreamingData, which the Trainer streams (docs/scaling.md)
+        from dacdr.data.streaming import prepare_streaming
+
+        return prepare_streaming(  # type: ignore[return-value]
+            dataset_path(data, data_root), data.cache_dir, max_len=data.max_len, protocol=data.protocol,
+            valid_share=data.valid_share, cold_start_share=data.cold_start_share,
+            source_sample_rate=data.source_sample_rate, seed=split_seed, shard_rows=data.shard_rows,
+            sort_buckets=data.sort_buckets, **data.embedding_limits(),
+        )
     return prepare_cached(
         dataset_path(data, data_root),
         cache_dir=data.cache_dir,
@@ -36,6 +45,7 @@ def prepare_data(data: DataConfig, split_seed: int = 0, data_root: str | Path = 
         cold_start_share=data.cold_start_share,
         source_sample_rate=data.source_sample_rate,
         seed=split_seed,
+        **data.embedding_limits(),
     )
 
 

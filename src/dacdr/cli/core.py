@@ -63,14 +63,20 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.epochs=3")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (overrides the config's `out`)")] = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in the same directory")] = True,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (DistributedDataParallel: gloo on "
+                                       "CPU, NCCL on GPU); for several hosts use torchrun, see docs/scaling.md")] = 1,
 ) -> None:
-    """Train one model from a config; the best checkpoint and test metrics land in the run directory."""
+    """Train one model from a config; the best checkpoint and test metrics land in the run directory.
+
+    Before training it prints the memory its embedding tables take (weights, and in training with AdamW).
+    """
     from dacdr.config import load_run_config
-    from dacdr.runner import train_run
+    from dacdr.distributed.launch import train as launch_train
 
     cfg = load_run_config(config, _parse_overrides(set_ or []))
-    results = train_run(cfg, run_dir=out, resume=resume)
-    _print_results(results)
+    results = launch_train(cfg, nproc=nproc, run_dir=out, resume=resume)
+    if results is not None:
+        _print_results(results)
 
 
 @app.command()

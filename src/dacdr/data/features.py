@@ -101,3 +101,73 @@ class Vocabularies:
     def load(cls, path: str | Path) -> Vocabularies:
         raw = json.loads(Path(path).read_text())
         return cls({k: Vocab(v) for k, v in raw.items()})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bounded embedding tables: a vocabulary still maps every raw value to its own index (item rows keep
+# their side features), and an *embedding map* compresses those indices into the rows of the table.
+# ---------------------------------------------------------------------------------------------------
+
+
+def frequency_map(counts: np.ndarray, min_count: int) -> np.ndarray:
+    """Vocab index -> embedding row keeping only values seen at least `min_count` times.
+
+    `counts[i]` is how often vocab index `i` occurs. PAD stays 0; rare values (and OOV) share row 1, so a
+    value seen once in training costs no row of its own; kept values get rows 2.. in vocabulary order.
+    """
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    keep = np.asarray(counts) >= min_count
+    keep[:FIRST_ID] = False
+    out = np.full(len(keep), OOV, dtype=np.int64)
+    out[PAD] = PAD
+    out[keep] = np.arange(FIRST_ID, FIRST_ID + int(keep.sum()), dtype=np.int64)
+    return out
+
+
+def stable_hash(values: list[str], buckets: int) -> np.ndarray:
+    """Bucket of each string, the same on every machine and Python run (blake2b, not the salted `hash`)."""
+    import hashlib
+
+    if buckets < 1:
+        raise ValueError(f"hash buckets must be >= 1, got {buckets}")
+    digests = (hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest() for v in values)
+    return np.fromiter((int.from_bytes(d, "little") % buckets for d in digests), dtype=np.int64, count=len(values))
+
+
+def hash_map(vocab: Vocab, buckets: int) -> np.ndarray:
+    """Vocab index -> embedding row `FIRST_ID + hash(value) % buckets`; PAD and OOV keep rows 0 and 1."""
+    out = np.empty(len(vocab), dtype=np.int64)
+    out[PAD], out[OOV] = PAD, OOV
+    out[FIRST_ID:] = FIRST_ID + stable_hash(vocab.values, buckets)
+    return out
+
+
+def embedding_maps(
+    vocabs: Vocabularies,
+    fields: list[str],
+    counts: dict[str, np.ndarray],
+    min_count: dict[str, int] | None = None,
+    hash_buckets: dict[str, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """The embedding map of every field with a limit; fields without one are absent (identity).
+
+    `counts[field]` holds occurrences per vocab index (needed for `min_count` only). A field may have a
+    frequency threshold or a hash, not both; a field that has no embedding table is an error.
+    """
+    min_count, hash_buckets = min_count or {}, hash_buckets or {}
+    for option, limits in (("min_count", min_count), ("hash_buckets", hash_buckets)):
+        unknown = sorted(set(limits) - set(fields))
+        if unknown:
+            raise ValueError(f"data.{option}: unknown field(s) {unknown}; fields with embeddings: {', '.join(fields)}")
+    both = sorted(set(min_count) & set(hash_buckets))
+    if both:
+        raise ValueError(f"data.min_count and data.hash_buckets both set for {both}; choose one per field")
+    maps = {f: frequency_map(counts[f], n) for f, n in min_count.items()}
+    maps |= {f: hash_map(vocabs[f], n) for f, n in hash_buckets.items()}
+    return maps
+
+
+def table_rows(maps: dict[str, np.ndarray], vocab_sizes: dict[str, int]) -> dict[str, int]:
+    """Embedding rows per field once the maps are applied (PAD and OOV included)."""
+    return {f: (int(maps[f].max()) + 1 if f in maps else n) for f, n in vocab_sizes.items()}

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from dacdr.data.dataset import CrossDomainData
-from dacdr.data.features import PAD, FeatureSpec, Vocab, Vocabularies
+from dacdr.data.features import PAD, FeatureSpec, Vocab, Vocabularies, embedding_maps, table_rows
 from dacdr.data.splits import Split, time_split, user_split
 
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
@@ -41,6 +41,9 @@ class PreparedData:
     """one entry per dataset row: user, domain, item, label, timestamp, seq_start, seq_end, is_source[, p_true]"""
     split: Split
     meta: dict = field(default_factory=dict)
+    embedding_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    """per limited field: vocab index -> embedding row (frequency threshold or hash); already applied to the
+    tables and events above, kept to encode new raw values the same way"""
 
     @property
     def n_samples(self) -> int:
@@ -52,6 +55,7 @@ class PreparedData:
         arrays |= {f"event_{k}": v for k, v in self.events.items()}
         arrays |= {f"sample_{k}": v for k, v in self.samples.items()}
         arrays |= self.split.as_arrays()
+        arrays |= {f"embmap_{k}": v for k, v in self.embedding_maps.items()}
         np.savez(directory / "arrays.npz", **arrays)
         self.vocabs.save(directory / "vocabs.json")
         (directory / "feature_spec.json").write_text(self.spec.model_dump_json(indent=1))
@@ -70,6 +74,7 @@ class PreparedData:
             samples={k.removeprefix("sample_"): v for k, v in arrays.items() if k.startswith("sample_")},
             split=Split.from_arrays(arrays),
             meta=json.loads((directory / "meta.json").read_text()),
+            embedding_maps={k.removeprefix("embmap_"): v for k, v in arrays.items() if k.startswith("embmap_")},
         )
 
 
@@ -127,6 +132,34 @@ def _domain_table(data: CrossDomainData, vocabs: Vocabularies, fields: list[str]
     return table
 
 
+def field_counts(
+    base: dict[str, np.ndarray], item_table: np.ndarray, domain_table: np.ndarray, spec: FeatureSpec
+) -> dict[str, np.ndarray]:
+    """Occurrences per vocab index of every embedded field, from per-index counts of `item`, `domain`,
+    `behaviour` (and `rating`): a side feature counts the rows of the items (domains) that carry it."""
+    counts: dict[str, np.ndarray] = {}
+    for table, key, fields in ((item_table, "item", spec.item_fields), (domain_table, "domain", spec.domain_fields)):
+        rows = np.zeros(len(table), dtype=np.float64)
+        rows[: len(base[key])] = base[key][: len(table)]
+        for j, f in enumerate(fields):
+            counts[f] = rows if j == 0 else np.bincount(table[:, j], weights=rows, minlength=spec.vocab_sizes[f])
+    for f in ("behaviour", "rating"):
+        if f in base:
+            counts[f] = base[f]
+    return counts
+
+
+def apply_embedding_maps(
+    maps: dict[str, np.ndarray], spec: FeatureSpec, item_table: np.ndarray, domain_table: np.ndarray
+) -> FeatureSpec:
+    """Rewrite the token columns of the item and domain tables in place; return the spec with table sizes."""
+    for table, fields in ((item_table, spec.item_fields), (domain_table, spec.domain_fields)):
+        for j, f in enumerate(fields):
+            if f in maps:
+                table[:, j] = maps[f][table[:, j]]
+    return spec.model_copy(update={"vocab_sizes": table_rows(maps, spec.vocab_sizes)})
+
+
 def sequence_ranges(
     event_user: np.ndarray, event_ts: np.ndarray, sample_user: np.ndarray, sample_ts: np.ndarray, max_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +188,14 @@ def prepare(
     cold_start_share: float = 0.2,
     source_sample_rate: float = 1.0,
     seed: int = 0,
+    min_count: dict[str, int] | None = None,
+    hash_buckets: dict[str, int] | None = None,
 ) -> PreparedData:
-    """Build vocabularies, token tables, sequence ranges and the split. No Python loop per sample."""
+    """Build vocabularies, token tables, sequence ranges and the split. No Python loop per sample.
+
+    `min_count` / `hash_buckets` bound the embedding tables of the named fields (`features.embedding_maps`);
+    frequencies are counted over the rows before the dataset's `test_start` (all rows without one).
+    """
     spec = data.spec
     vocabs = build_vocabularies(data)
     fspec = _feature_spec(data, vocabs, max_len)
@@ -178,12 +217,26 @@ def prepare(
     ev_rows = np.flatnonzero(samples["is_source"])
     order = ev_rows[np.lexsort((samples["timestamp"][ev_rows], samples["user"][ev_rows]))]
     item_table = _item_table(data, vocabs, fspec.item_fields)
+    domain_table = _domain_table(data, vocabs, fspec.domain_fields)
+    rating = vocabs["rating"].encode(inter["label"].round(0).cast(pl.Int64)) if spec.task == "rating" else None
+    maps: dict[str, np.ndarray] = {}
+    if min_count or hash_buckets:
+        counted = samples["timestamp"] < spec.test_start if spec.test_start is not None else slice(None)
+        base = {f: np.bincount(samples[f][counted], minlength=len(vocabs[f])) for f in ("item", "domain", "behaviour")}
+        if rating is not None:
+            base["rating"] = np.bincount(rating[counted], minlength=len(vocabs["rating"]))
+        counts = field_counts(base, item_table, domain_table, fspec)
+        maps = embedding_maps(vocabs, fspec.fields, counts, min_count, hash_buckets)
+        fspec = apply_embedding_maps(maps, fspec, item_table, domain_table)
     events = {"user": samples["user"][order], "timestamp": samples["timestamp"][order]}
     for j, f in enumerate(fspec.item_fields):
         events[f] = item_table[samples["item"][order], j]
     events["behaviour"] = samples["behaviour"][order]
-    if spec.task == "rating":
-        events["rating"] = vocabs["rating"].encode(inter["label"].round(0).cast(pl.Int64)[order])
+    if rating is not None:
+        events["rating"] = rating[order]
+    for f in ("behaviour", "rating"):
+        if f in maps:
+            events[f] = maps[f][events[f]]
 
     samples["seq_start"], samples["seq_end"] = sequence_ranges(
         events["user"], events["timestamp"], samples["user"], samples["timestamp"], max_len
@@ -208,11 +261,12 @@ def prepare(
         spec=fspec,
         vocabs=vocabs,
         item_table=item_table,
-        domain_table=_domain_table(data, vocabs, fspec.domain_fields),
+        domain_table=domain_table,
         events=events,
         samples=samples,
         split=split,
         meta={"dataset": spec.name, "task": spec.task, "protocol": protocol, "seed": seed},
+        embedding_maps=maps,
     )
 
 

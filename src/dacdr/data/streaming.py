@@ -1,0 +1,643 @@
+"""Out-of-core samples: prepare a dataset that does not fit in memory, and stream it into training.
+
+`prepare_streaming` reads the interactions one Parquet row group at a time and never holds them all:
+
+1. **Vocabularies.** One pass over the `user` column (and ratings); items and domains come from their
+   small tables. The user vocabulary is the one resident per-user structure.
+2. **Bucketing.** A second pass validates each row group, encodes it to integers and appends its rows to
+   one of `B` on-disk buckets by user (an external hash partition): every user's rows end up in one bucket.
+3. **Per bucket** (one bucket in memory at a time, ~2M rows by default): source events are sorted by
+   (user, time) and appended to one memory-mapped token table `events.npy`; each sample gets its sequence
+   range into that table; the time split (P1) runs bucket by bucket, which is exact because each of its rules
+   is per (user, domain) or hashes the global row number, never the position in memory. Training
+   samples are shuffled inside the bucket and written to `train_target.parquet` / `train_source.parquet` in
+   row groups of `shard_rows`; validation and test samples (a small share) are kept in `eval.npz`.
+
+In training, `ShardStream` (a `torch.utils.data.IterableDataset`) gives each (rank, data-loader worker) its
+own row groups, reshuffled every epoch, and gathers sequences from the memory-mapped events. Resident: the
+vocabularies, the item table, the validation/test samples and one row group per worker; the event table is
+paged in by the OS (file-backed memory it can drop).
+
+For the same options the samples, sequences and splits are those of the in-memory `prepare` (tests check
+it); only the order of training samples differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dacdr.data.batches import Batch, BatchGatherer
+from dacdr.data.dataset import (
+    DOMAINS_FILE,
+    ITEMS_FILE,
+    CrossDomainData,
+    _all_kinds,
+    _check_columns,
+    _check_domains,
+    _check_interactions,
+    _check_items,
+    _interaction_files,
+    _read_parquet,
+    _Source,
+    read_spec,
+)
+from dacdr.data.features import FeatureSpec, Vocab, Vocabularies, embedding_maps
+from dacdr.data.samples import (
+    PreparedData,
+    _domain_table,
+    _feature_spec,
+    _item_table,
+    apply_embedding_maps,
+    build_vocabularies,
+    dataset_fingerprint,
+    field_counts,
+    sequence_ranges,
+)
+from dacdr.data.splits import Split, _hash_unit, time_split
+from dacdr.distributed.context import DistContext
+
+STREAM_FORMAT = 1
+ROWS_PER_BUCKET = 2_000_000
+SHARD_KINDS = ("train_target", "train_source")
+SHARD_COLUMNS = ("row", "user", "domain", "item", "label", "seq_start", "seq_end")
+EVAL_COLUMNS = ("user", "domain", "item", "label", "timestamp", "seq_start", "seq_end", "row")
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the interactions row group by row group
+# --------------------------------------------------------------------------------------------------
+
+
+def _row_groups(root: Path) -> list[tuple[Path, str, int, int]]:
+    """(file, display name, row group, rows) of every interactions row group, in file order."""
+    out = []
+    for file, name in _interaction_files(root):
+        meta = pq.ParquetFile(file).metadata
+        out += [(file, name, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    return out
+
+
+def _read_group(file: Path, group: int, columns: list[str] | None = None) -> pl.DataFrame:
+    with pq.ParquetFile(file) as f:
+        names = f.schema_arrow.names
+        cols = None if columns is None else [c for c in columns if c in names]
+        return pl.from_arrow(f.read_row_group(group, columns=cols))  # type: ignore[return-value]
+
+
+def _static_tables(root: Path) -> tuple[Any, pl.DataFrame, pl.DataFrame]:
+    """dataset.json, domains and items, read and validated as `load_dataset` does."""
+    spec = read_spec(root)
+    domains = _read_parquet(root / DOMAINS_FILE, DOMAINS_FILE)
+    domains = _check_columns(domains, _all_kinds("domains", spec), _Source.single(DOMAINS_FILE), cast=True)
+    _check_domains(domains, spec, _Source.single(DOMAINS_FILE))
+    items = _read_parquet(root / ITEMS_FILE, ITEMS_FILE)
+    items = _check_columns(items, _all_kinds("items", spec), _Source.single(ITEMS_FILE), cast=True)
+    _check_items(items, spec, _Source.single(ITEMS_FILE))
+    return spec, domains, items
+
+
+class _Encoder:
+    """Raw column -> vocab index, with the join table built once (Vocab.encode rebuilds it per call)."""
+
+    def __init__(self, vocab: Vocab):
+        self.mapping = pl.DataFrame(
+            {"key": vocab.values, "idx": np.arange(2, len(vocab), dtype=np.int64)},
+            schema={"key": pl.String, "idx": pl.Int64},
+        )
+
+    def __call__(self, s: pl.Series) -> np.ndarray:
+        frame = pl.DataFrame({"key": s.cast(pl.String)})
+        out = frame.join(self.mapping, on="key", how="left", maintain_order="left")["idx"].fill_null(1)
+        return out.to_numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# On-disk buckets: append-only raw column files
+# --------------------------------------------------------------------------------------------------
+
+_BUCKET_DTYPES = {
+    "row": np.int64, "user": np.int64, "domain": np.int64, "item": np.int64, "behaviour": np.int64,
+    "label": np.float32, "timestamp": np.int64, "p_true": np.float32, "rating": np.int64,
+}
+
+
+class _Buckets:
+    def __init__(self, directory: Path, n: int, columns: list[str]):
+        self.directory, self.n, self.columns = directory, n, columns
+        directory.mkdir(parents=True, exist_ok=True)
+        self.files = {(b, c): open(directory / f"{b:05d}.{c}", "wb") for b in range(n) for c in columns}  # noqa: SIM115
+        self.rows = np.zeros(n, dtype=np.int64)
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        bucket = arrays["user"] % self.n
+        order = np.argsort(bucket, kind="stable")  # stable: rows keep file order inside a bucket
+        bounds = np.searchsorted(bucket[order], np.arange(self.n + 1))
+        for c in self.columns:
+            col = arrays[c][order].astype(_BUCKET_DTYPES[c], copy=False)
+            for b in range(self.n):
+                if bounds[b + 1] > bounds[b]:
+                    col[bounds[b] : bounds[b + 1]].tofile(self.files[(b, c)])
+        self.rows += np.diff(bounds)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+    def load(self, b: int) -> dict[str, np.ndarray]:
+        return {c: np.fromfile(self.directory / f"{b:05d}.{c}", dtype=_BUCKET_DTYPES[c]) for c in self.columns}
+
+    def remove(self, b: int) -> None:
+        for c in self.columns:
+            (self.directory / f"{b:05d}.{c}").unlink(missing_ok=True)
+
+
+class _ShardWriter:
+    """Writes rows to one Parquet file in row groups of exactly `shard_rows` (the last may be shorter)."""
+
+    SCHEMA = pa.schema([(c, pa.float32() if c == "label" else pa.int64()) for c in SHARD_COLUMNS])
+
+    def __init__(self, path: Path, shard_rows: int):
+        self.writer = pq.ParquetWriter(path, self.SCHEMA, compression="zstd")
+        self.shard_rows = shard_rows
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_rows = 0
+        self.groups: list[int] = []
+        self.label_sum = 0.0
+
+    def add(self, arrays: dict[str, np.ndarray]) -> None:
+        self.pending.append({c: arrays[c] for c in SHARD_COLUMNS})
+        self.pending_rows += len(arrays["label"])
+        self.label_sum += float(arrays["label"].sum(dtype=np.float64))
+        while self.pending_rows >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def _flush(self, n: int) -> None:
+        merged = {c: np.concatenate([p[c] for p in self.pending]) for c in SHARD_COLUMNS}
+        head = pa.table({c: merged[c][:n] for c in SHARD_COLUMNS}, schema=self.SCHEMA)
+        self.writer.write_table(head, row_group_size=n)
+        self.groups.append(n)
+        rest = {c: merged[c][n:] for c in SHARD_COLUMNS}
+        self.pending_rows -= n
+        self.pending = [rest] if self.pending_rows else []
+
+    def close(self) -> list[int]:
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+        self.writer.close()
+        return self.groups
+
+
+# --------------------------------------------------------------------------------------------------
+# The prepared, on-disk data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamingData:
+    """A streaming-prepared dataset: small tables in memory, events memory-mapped, training samples on disk."""
+
+    directory: Path
+    spec: FeatureSpec
+    vocabs: Vocabularies
+    item_table: np.ndarray
+    domain_table: np.ndarray
+    event_tokens: np.ndarray
+    """[events + 1, len(sequence_fields)] int32, memory-mapped; row 0 is padding"""
+    eval_samples: dict[str, np.ndarray]
+    """validation rows, then test rows, each in dataset row order"""
+    n_valid: int
+    test_cold: np.ndarray
+    shards: dict[str, list[int]]
+    """rows of each row group of `train_target.parquet` / `train_source.parquet`"""
+    meta: dict = field(default_factory=dict)
+    embedding_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> StreamingData:
+        directory = Path(directory)
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("format") != STREAM_FORMAT:
+            raise ValueError(f"{directory}: streaming format {meta.get('format')!r}, expected {STREAM_FORMAT}")
+        with np.load(directory / "tables.npz", allow_pickle=False) as z:
+            tables = {k: z[k] for k in z.files}
+        with np.load(directory / "eval.npz", allow_pickle=False) as z:
+            ev = {k: z[k] for k in z.files}
+        return cls(
+            directory=directory,
+            spec=FeatureSpec.model_validate_json((directory / "feature_spec.json").read_text()),
+            vocabs=Vocabularies.load(directory / "vocabs.json"),
+            item_table=tables["item_table"],
+            domain_table=tables["domain_table"],
+            # copy-on-write mapping: pages are read lazily and shared; torch accepts it as a writable array
+            event_tokens=np.load(directory / "events.npy", mmap_mode="c"),
+            eval_samples={k: v for k, v in ev.items() if k != "test_cold"},
+            n_valid=int(meta["n_valid"]),
+            test_cold=ev["test_cold"],
+            shards={k: list(v) for k, v in meta["shards"].items()},
+            meta=meta,
+            embedding_maps={k.removeprefix("embmap_"): v for k, v in tables.items() if k.startswith("embmap_")},
+        )
+
+    @property
+    def n_events(self) -> int:
+        return len(self.event_tokens) - 1
+
+    def n_train(self, train_on: str) -> int:
+        return sum(sum(self.shards[k]) for k in _kinds(train_on))
+
+    def label_mean(self, train_on: str) -> float:
+        n = self.n_train(train_on)
+        return sum(self.meta["label_sum"][k] for k in _kinds(train_on)) / n if n else 0.5
+
+    def eval_view(self) -> PreparedData:
+        """Validation and test samples as a `PreparedData` whose training index sets are empty."""
+        n_test = len(self.test_cold)
+        empty = np.zeros(0, dtype=np.int64)
+        split = Split(empty, empty, np.arange(self.n_valid), np.arange(self.n_valid, self.n_valid + n_test),
+                      self.test_cold)
+        return PreparedData(self.spec, self.vocabs, self.item_table, self.domain_table, {}, self.eval_samples,
+                            split, dict(self.meta.get("prepared_meta", {})), self.embedding_maps)
+
+    def eval_gatherer(self) -> BatchGatherer:
+        return TokenGatherer(self.item_table, self.domain_table, self.event_tokens, self.eval_samples,
+                             self.spec.max_len)
+
+    def stream(self, train_on: str, batch_size: int, epoch_seed: int, ctx: DistContext) -> ShardStream:
+        return ShardStream(self.directory, {k: self.shards[k] for k in _kinds(train_on)}, self.item_table,
+                           self.domain_table, self.spec.max_len, batch_size, epoch_seed, ctx.rank, ctx.world)
+
+    def train_batches(
+        self, train_on: str, batch_size: int, epoch_seed: int, ctx: DistContext, num_workers: int = 0
+    ) -> tuple[int, Iterator[Batch]]:
+        """(steps, batches) of one epoch for this rank; every rank gets the same number of steps (DDP
+        needs it): the smallest rank's count, so no rank waits on a collective the others skip."""
+        stream = self.stream(train_on, batch_size, epoch_seed, ctx)
+        steps = min(stream.batches_of_rank(r, max(num_workers, 1)) for r in range(ctx.world))
+        loader = DataLoader(stream, batch_size=None, num_workers=num_workers)
+        return steps, iter(loader)
+
+
+def _kinds(train_on: str) -> tuple[str, ...]:
+    kinds = {"targets": ("train_target",), "source": ("train_source",),
+             "source+targets": ("train_target", "train_source")}
+    if train_on not in kinds:
+        raise ValueError(f"unknown train_on {train_on!r}")
+    return kinds[train_on]
+
+
+class TokenGatherer(BatchGatherer):
+    """`BatchGatherer` over a memory-mapped int32 event table and arbitrary sample arrays."""
+
+    def __init__(
+        self, item_table: np.ndarray, domain_table: np.ndarray, event_tokens: np.ndarray,
+        samples: dict[str, np.ndarray], max_len: int,
+    ):
+        self.max_len = max_len
+        self.item_table = torch.from_numpy(item_table)
+        self.domain_table = torch.from_numpy(domain_table)
+        self.event_tokens = torch.from_numpy(event_tokens)
+        self.user = torch.from_numpy(samples["user"])
+        self.domain = torch.from_numpy(samples["domain"])
+        self.item = torch.from_numpy(samples["item"])
+        self.label = torch.from_numpy(samples["label"])
+        self.seq_start = torch.from_numpy(samples["seq_start"])
+        self.seq_end = torch.from_numpy(samples["seq_end"])
+        self.offsets = torch.arange(-self.max_len, 0, dtype=torch.long)
+
+    def gather(self, idx: torch.Tensor | np.ndarray) -> Batch:
+        batch = super().gather(idx)
+        batch["seq"] = batch["seq"].long()
+        return batch
+
+
+class ShardStream(IterableDataset):
+    """Training batches read from Parquet row groups, sharded by rank x data-loader worker.
+
+    Each epoch the row groups are permuted with `epoch_seed`; slot `rank * workers + worker` takes every
+    `world * workers`-th of them. Rows are shuffled inside each row group; a batch may span two groups.
+    """
+
+    def __init__(
+        self, directory: Path, shards: dict[str, list[int]], item_table: np.ndarray, domain_table: np.ndarray,
+        max_len: int, batch_size: int, epoch_seed: int, rank: int = 0, world: int = 1,
+    ):
+        super().__init__()
+        self.directory, self.item_table, self.domain_table = directory, item_table, domain_table
+        self.max_len, self.batch_size, self.epoch_seed = max_len, batch_size, epoch_seed
+        self.rank, self.world = rank, world
+        self.groups = [(k, g, n) for k, sizes in shards.items() for g, n in enumerate(sizes)]
+
+    def assignment(self, rank: int, worker: int, workers: int) -> list[int]:
+        order = np.random.default_rng(self.epoch_seed).permutation(len(self.groups))
+        return order[rank * workers + worker :: self.world * workers].tolist()
+
+    def batches_of_rank(self, rank: int, workers: int) -> int:
+        return sum(
+            math.ceil(sum(self.groups[g][2] for g in self.assignment(rank, w, workers)) / self.batch_size)
+            for w in range(workers)
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        tokens = np.load(self.directory / "events.npy", mmap_mode="c")
+        files: dict[str, pq.ParquetFile] = {}
+        pending: list[dict[str, np.ndarray]] = []
+        pending_rows = 0
+        for g in self.assignment(self.rank, worker, workers):
+            kind, group, _ = self.groups[g]
+            if kind not in files:
+                files[kind] = pq.ParquetFile(self.directory / f"{kind}.parquet")
+            table = files[kind].read_row_group(group, columns=list(SHARD_COLUMNS))
+            rows = {c: table.column(c).to_numpy() for c in SHARD_COLUMNS}
+            perm = np.random.default_rng([self.epoch_seed, g]).permutation(len(rows["label"]))
+            pending.append({c: v[perm] for c, v in rows.items()})
+            pending_rows += len(perm)
+            while pending_rows >= self.batch_size:
+                merged = {c: np.concatenate([p[c] for p in pending]) for c in SHARD_COLUMNS}
+                for start in range(0, pending_rows - self.batch_size + 1, self.batch_size):
+                    yield self._batch(tokens, {c: v[start : start + self.batch_size] for c, v in merged.items()})
+                used = (pending_rows // self.batch_size) * self.batch_size
+                pending = [{c: v[used:] for c, v in merged.items()}]
+                pending_rows -= used
+        if pending_rows:
+            merged = {c: np.concatenate([p[c] for p in pending]) for c in SHARD_COLUMNS}
+            yield self._batch(tokens, merged)
+
+    def _batch(self, tokens: np.ndarray, rows: dict[str, np.ndarray]) -> Batch:
+        g = TokenGatherer(self.item_table, self.domain_table, tokens, rows, self.max_len)
+        return g.gather(torch.arange(len(rows["label"])))
+
+
+# --------------------------------------------------------------------------------------------------
+# Preparation
+# --------------------------------------------------------------------------------------------------
+
+
+def _vocabularies(root: Path, spec: Any, items: pl.DataFrame, domains: pl.DataFrame,
+                  groups: list[tuple[Path, str, int, int]]) -> Vocabularies:
+    """Pass 1: the user (and rating) vocabularies from the interactions, the rest from the small tables."""
+    users: list[pl.Series] = []
+    labels: list[pl.Series] = []
+    for file, _, g, _ in groups:
+        df = _read_group(file, g, ["user", "label"] if spec.task == "rating" else ["user"])
+        users.append(df["user"].cast(pl.String).unique())
+        if spec.task == "rating":
+            labels.append(df["label"].cast(pl.Float64).round(0).cast(pl.Int64).unique())
+    user_values = pl.concat(users).unique() if users else pl.Series("user", [], pl.String)
+    label_values = pl.concat(labels).unique() if labels else pl.Series("label", [0.0])
+    # build_vocabularies reads only `user` and `label` of the interactions: give it their unique values.
+    n = max(len(user_values), len(label_values))
+    stub = pl.DataFrame({
+        "user": user_values.extend_constant(None, n - len(user_values)),
+        "label": label_values.cast(pl.Float64).extend_constant(float(label_values[0]), n - len(label_values)),
+    })
+    return build_vocabularies(CrossDomainData(spec, stub, items, domains, root))
+
+
+def _bucket_pass(
+    root: Path, spec: Any, vocabs: Vocabularies, items: pl.DataFrame, groups: list[tuple[Path, str, int, int]],
+    buckets: _Buckets, counted_sizes: dict[str, int], log: Log,
+) -> dict[str, np.ndarray]:
+    """Pass 2: validate, encode and bucket every row group; returns per-index counts for frequency limits."""
+    kinds = _all_kinds("interactions", spec)
+    enc = {f: _Encoder(vocabs[f]) for f in ("user", "domain", "item", "behaviour")}
+    rating_enc = _Encoder(vocabs["rating"]) if spec.task == "rating" else None
+    counts = {f: np.zeros(n, dtype=np.int64) for f, n in counted_sizes.items()}
+    offset, file_offset, last_file = 0, 0, None
+    columns: list[str] | None = None
+    t0 = time.perf_counter()
+    for i, (file, name, g, _) in enumerate(groups):
+        if file != last_file:
+            file_offset, last_file = 0, file
+        df = _read_group(file, g)
+        # Row numbers in error messages are file-local, as in load_dataset.
+        source = _Source([name], np.array([-file_offset], dtype=np.int64))
+        df = _check_columns(df, kinds, source, cast=True)
+        if columns is None:
+            columns = df.columns
+        elif df.columns != columns:
+            raise ValueError(f"{name}: columns {df.columns} differ from the first part's {columns}")
+        _check_interactions(df, items, spec, source, _Source.single(ITEMS_FILE))
+        arrays = {
+            "row": np.arange(offset, offset + df.height, dtype=np.int64),
+            **{f: e(df[f]) for f, e in enc.items()},
+            "label": df["label"].to_numpy().astype(np.float32),
+            "timestamp": df["timestamp"].to_numpy().astype(np.int64),
+        }
+        if "p_true" in buckets.columns:
+            arrays["p_true"] = df["p_true"].fill_null(np.nan).to_numpy().astype(np.float32)
+        if rating_enc is not None:
+            arrays["rating"] = rating_enc(df["label"].round(0).cast(pl.Int64))
+        counted = arrays["timestamp"] < spec.test_start if spec.test_start is not None else slice(None)
+        for f, c in counts.items():
+            c += np.bincount(arrays[f][counted], minlength=len(c))
+        buckets.append(arrays)
+        offset += df.height
+        file_offset += df.height
+        if (i + 1) % 20 == 0:
+            log(f"bucketed {offset:,} rows ({offset / (time.perf_counter() - t0):,.0f} rows/s)")
+    return counts
+
+
+def _bucket_samples(
+    arrays: dict[str, np.ndarray], spec: Any, fspec: FeatureSpec, item_table: np.ndarray,
+    maps: dict[str, np.ndarray], source_idx: int, options: dict[str, Any], event_offset: int,
+) -> tuple[np.ndarray, dict[str, np.ndarray], Split]:
+    """One bucket: its event tokens (sorted by user, time), sequence ranges (global) and split (local)."""
+    is_source = arrays["domain"] == source_idx
+    ev_rows = np.flatnonzero(is_source)
+    order = ev_rows[np.lexsort((arrays["timestamp"][ev_rows], arrays["user"][ev_rows]))]
+    cols = [item_table[arrays["item"][order], j] for j in range(len(fspec.item_fields))]
+    for f in fspec.sequence_fields[len(fspec.item_fields):]:
+        col = arrays[f][order]
+        cols.append(maps[f][col] if f in maps else col)
+    tokens = np.stack(cols, axis=1).astype(np.int32) if cols else np.zeros((0, 0), np.int32)
+    start, end = sequence_ranges(arrays["user"][order], arrays["timestamp"][order], arrays["user"],
+                                 arrays["timestamp"], fspec.max_len)
+    arrays["seq_start"], arrays["seq_end"] = start + event_offset, end + event_offset
+    seed, rate = options["seed"], options["source_sample_rate"]
+    # Every rule of the time split is per (user, domain) or per row: exact bucket by bucket.
+    split = time_split(arrays["user"], arrays["domain"], arrays["timestamp"], is_source, spec.test_start,
+                       options["valid_share"], 1.0, seed)
+    if rate < 1.0:  # the in-memory rule (splits._subsample), on global row numbers
+        keep = _hash_unit(arrays["row"][split.train_source], seed + 7) < rate
+        split.train_source = split.train_source[keep]
+    return tokens, arrays, split
+
+
+def _options_key(root: Path, options: dict[str, Any]) -> str:
+    src = json.dumps({"fp": dataset_fingerprint(root), "fmt": STREAM_FORMAT, **options}, sort_keys=True)
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def prepare_streaming(
+    path: str | Path,
+    cache_dir: str | Path | None = None,
+    *,
+    max_len: int = 50,
+    protocol: str = "time",
+    valid_share: float = 0.1,
+    cold_start_share: float = 0.2,
+    source_sample_rate: float = 1.0,
+    seed: int = 0,
+    min_count: dict[str, int] | None = None,
+    hash_buckets: dict[str, int] | None = None,
+    shard_rows: int = 65_536,
+    sort_buckets: int | None = None,
+    log: Log = print,
+) -> StreamingData:
+    """Prepare `path` out of core into `<cache_dir or path/.cache>/stream-<key>` (reused when it exists)."""
+    root = Path(path)
+    if protocol != "time":
+        # P2 draws its cold-start users over the whole user set of each target (splits.user_split), which a
+        # bucket-by-bucket pass cannot reproduce; P2 datasets (Amazon pairs) fit in memory anyway.
+        raise ValueError(f"data.streaming supports protocol 'time' only, got {protocol!r}; "
+                         "use the in-memory path (data.streaming: false)")
+    options = {"max_len": max_len, "protocol": protocol, "valid_share": valid_share,
+               "cold_start_share": cold_start_share, "source_sample_rate": source_sample_rate, "seed": seed,
+               "min_count": min_count or {}, "hash_buckets": hash_buckets or {}, "shard_rows": shard_rows,
+               "sort_buckets": sort_buckets}
+    cache_root = Path(cache_dir) if cache_dir else root / ".cache"
+    target = cache_root / f"stream-{_options_key(root, options)}"
+    if (target / "meta.json").exists():
+        try:
+            return StreamingData.load(target)
+        except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt, never trusted
+            log(f"streaming cache {target} unreadable ({e}); rebuilding")
+            shutil.rmtree(target, ignore_errors=True)
+    tmp = cache_root / f".tmp-stream-{os.getpid()}-{time.time_ns()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _prepare_into(root, tmp, options, log)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race; its copy is equivalent
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return StreamingData.load(target)
+
+
+def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> None:
+    t0 = time.perf_counter()
+    spec, domains, items = _static_tables(root)
+    if spec.test_start is None:
+        raise ValueError(f"dataset {spec.name!r} has no test_start: the time protocol (P1) needs one")
+    groups = _row_groups(root)
+    n_rows = sum(g[3] for g in groups)
+    vocabs = _vocabularies(root, spec, items, domains, groups)
+    static = CrossDomainData(spec, pl.DataFrame(), items, domains, root)
+    fspec = _feature_spec(static, vocabs, options["max_len"])
+    item_table = _item_table(static, vocabs, fspec.item_fields)
+    domain_table = _domain_table(static, vocabs, fspec.domain_fields)
+    log(f"vocabularies: {len(vocabs['user']):,} users, {len(vocabs['item']):,} items "
+        f"({time.perf_counter() - t0:.1f}s)")
+
+    has_p = "p_true" in pq.ParquetFile(groups[0][0]).schema_arrow.names if groups else False
+    columns = ["row", "user", "domain", "item", "behaviour", "label", "timestamp"]
+    columns += ["p_true"] if has_p else []
+    columns += ["rating"] if spec.task == "rating" else []
+    n_buckets = options["sort_buckets"] or max(1, math.ceil(n_rows / ROWS_PER_BUCKET))
+    buckets = _Buckets(out / "buckets", n_buckets, columns)
+    counted = {f: len(vocabs[f]) for f in ("item", "domain", "behaviour")}
+    if spec.task == "rating":
+        counted["rating"] = len(vocabs["rating"])
+    try:
+        base = _bucket_pass(root, spec, vocabs, items, groups, buckets, counted, log)
+    finally:
+        buckets.close()
+    t_bucket = time.perf_counter()
+    log(f"bucketed {n_rows:,} rows into {n_buckets} buckets ({t_bucket - t0:.1f}s)")
+
+    maps: dict[str, np.ndarray] = {}
+    if options["min_count"] or options["hash_buckets"]:
+        counts = field_counts(base, item_table, domain_table, fspec)
+        maps = embedding_maps(vocabs, fspec.fields, counts, options["min_count"], options["hash_buckets"])
+        fspec = apply_embedding_maps(maps, fspec, item_table, domain_table)
+
+    source_idx = vocabs["domain"].lookup(spec.source_domain)
+    n_events = int(sum(np.count_nonzero(np.fromfile(out / "buckets" / f"{b:05d}.domain", np.int64) == source_idx)
+                       for b in range(n_buckets)))
+    events = np.lib.format.open_memmap(out / "events.npy", mode="w+", dtype=np.int32,
+                                       shape=(n_events + 1, len(fspec.sequence_fields)))
+    events[0] = 0
+    writers = {k: _ShardWriter(out / f"{k}.parquet", options["shard_rows"]) for k in SHARD_KINDS}
+    eval_parts: dict[str, list[dict[str, np.ndarray]]] = {"valid": [], "test": []}
+    offset = 0
+    for b in range(n_buckets):
+        arrays = buckets.load(b)
+        tokens, arrays, split = _bucket_samples(arrays, spec, fspec, item_table, maps, source_idx, options, offset)
+        events[1 + offset : 1 + offset + len(tokens)] = tokens
+        offset += len(tokens)
+        rng = np.random.default_rng([options["seed"], b])
+        for kind, idx in (("train_target", split.train_target), ("train_source", split.train_source)):
+            idx = idx[rng.permutation(len(idx))]
+            writers[kind].add({c: arrays[c][idx] for c in SHARD_COLUMNS})
+        keep = [c for c in (*EVAL_COLUMNS, "p_true") if c in arrays]
+        eval_parts["valid"].append({c: arrays[c][split.valid] for c in keep})
+        eval_parts["test"].append({c: arrays[c][split.test] for c in keep} | {"test_cold": split.test_cold})
+        buckets.remove(b)
+    events.flush()
+    del events
+    shutil.rmtree(out / "buckets", ignore_errors=True)
+    shards = {k: w.close() for k, w in writers.items()}
+    label_sum = {k: w.label_sum for k, w in writers.items()}
+
+    # Validation and test rows in dataset row order, as the in-memory split lists them.
+    eval_arrays: dict[str, np.ndarray] = {}
+    parts = {}
+    for name, chunks in eval_parts.items():
+        merged = {c: np.concatenate([ch[c] for ch in chunks]) for c in chunks[0]}
+        order = np.argsort(merged["row"], kind="stable")
+        parts[name] = {c: v[order] for c, v in merged.items()}
+    for c in parts["valid"]:
+        eval_arrays[c] = np.concatenate([parts["valid"][c], parts["test"][c]])
+    np.savez(out / "eval.npz", **eval_arrays, test_cold=parts["test"]["test_cold"])
+    np.savez(out / "tables.npz", item_table=item_table, domain_table=domain_table,
+             **{f"embmap_{k}": v for k, v in maps.items()})
+    vocabs.save(out / "vocabs.json")
+    (out / "feature_spec.json").write_text(fspec.model_dump_json(indent=1))
+    seconds = time.perf_counter() - t0
+    meta = {
+        "format": STREAM_FORMAT,
+        "dataset": spec.name,
+        "options": options,
+        "rows": n_rows,
+        "events": n_events,
+        "n_valid": len(parts["valid"]["label"]),
+        "n_test": len(parts["test"]["label"]),
+        "shards": shards,
+        "label_sum": label_sum,
+        "buckets": n_buckets,
+        "seconds": seconds,
+        "rows_per_s": n_rows / max(seconds, 1e-9),
+        "prepared_meta": {"dataset": spec.name, "task": spec.task, "protocol": options["protocol"],
+                          "seed": options["seed"], "streaming": True},
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    log(f"prepared {n_rows:,} rows in {seconds:.1f}s ({meta['rows_per_s']:,.0f} rows/s): {n_events:,} events, "
+        f"{sum(shards['train_target']):,} target / {sum(shards['train_source']):,} source training samples")
+
+
+__all__ = ["ShardStream", "StreamingData", "TokenGatherer", "prepare_streaming"]
