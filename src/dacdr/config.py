@@ -24,8 +24,15 @@ class DataConfig(_Strict):
     synthetic: str | None = Field(None, description="synthetic preset to generate when `path` is not given")
     synthetic_seed: int = Field(0, description="seed of the synthetic world (independent of the model seed)")
     max_len: int = Field(50, gt=0, le=1024, description="most recent source behaviours kept per sample (L)")
-    protocol: Literal["time", "users"] = Field(
-        "time", description="'time': P1, the test period is the last day; 'users': P2, a share of users held out"
+    protocol: Literal["time", "users", "periods"] = Field(
+        "time",
+        description="'time': P1, the test period is the last day; 'users': P2, a share of users held out; "
+        "'periods': a published split written as clock periods (CDRIB, P3)",
+    )
+    sequence_cutoff: Literal["before", "all"] = Field(
+        "before",
+        description="'before': leak-free, a sample's source sequence holds only behaviours before it; "
+        "'all': the user's whole source history (PTUPCDR-compatible)",
     )
     cold_start_share: float = Field(
         0.2, gt=0, lt=1, description="P2 only: share of overlapping users held out as cold-start test users"

@@ -20,7 +20,7 @@ import polars as pl
 
 from dacdr.data.dataset import CrossDomainData
 from dacdr.data.features import PAD, FeatureSpec, Vocab, Vocabularies, embedding_maps, table_rows
-from dacdr.data.splits import Split, time_split, user_split
+from dacdr.data.splits import Split, period_split, time_split, user_split
 
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
@@ -190,11 +190,16 @@ def prepare(
     seed: int = 0,
     min_count: dict[str, int] | None = None,
     hash_buckets: dict[str, int] | None = None,
+    sequence_cutoff: str = "before",
 ) -> PreparedData:
     """Build vocabularies, token tables, sequence ranges and the split. No Python loop per sample.
 
     `min_count` / `hash_buckets` bound the embedding tables of the named fields (`features.embedding_maps`);
     frequencies are counted over the rows before the dataset's `test_start` (all rows without one).
+    `sequence_cutoff`: 'before' (leak-free, default) keeps only source behaviours strictly before each
+    sample; 'all' keeps the user's whole source history (the PTUPCDR code's behaviour).
+    `protocol` 'periods' takes a published split written as clock periods (`generator.valid_start`,
+    `test_start`; see `dacdr.data.loaders.cdrib`).
     """
     spec = data.spec
     vocabs = build_vocabularies(data)
@@ -238,8 +243,14 @@ def prepare(
         if f in maps:
             events[f] = maps[f][events[f]]
 
+    if sequence_cutoff == "before":  # leak-free: only behaviours strictly before each sample
+        seq_ts = samples["timestamp"]
+    elif sequence_cutoff == "all":  # PTUPCDR-compatible: the user's whole source history
+        seq_ts = np.full_like(samples["timestamp"], int(events["timestamp"].max(initial=0)) + 1)
+    else:
+        raise ValueError(f"unknown sequence_cutoff {sequence_cutoff!r}: expected 'before' or 'all'")
     samples["seq_start"], samples["seq_end"] = sequence_ranges(
-        events["user"], events["timestamp"], samples["user"], samples["timestamp"], max_len
+        events["user"], events["timestamp"], samples["user"], seq_ts, max_len
     )
 
     if protocol == "time":
@@ -254,8 +265,15 @@ def prepare(
             samples["user"], samples["domain"], samples["is_source"],
             cold_start_share, valid_share, source_sample_rate, seed,
         )
+    elif protocol == "periods":  # a published split written as clock periods (e.g. CDRIB)
+        valid_start = (spec.generator or {}).get("valid_start")
+        if spec.test_start is None or valid_start is None:
+            raise ValueError(f"dataset {spec.name!r}: protocol 'periods' needs test_start and generator.valid_start")
+        split = period_split(
+            samples["timestamp"], samples["is_source"], int(valid_start), spec.test_start, source_sample_rate, seed
+        )
     else:
-        raise ValueError(f"unknown protocol {protocol!r}: expected 'time' or 'users'")
+        raise ValueError(f"unknown protocol {protocol!r}: expected 'time', 'users' or 'periods'")
 
     return PreparedData(
         spec=fspec,

@@ -88,16 +88,42 @@ def user_split(
     source_sample_rate: float = 1.0,
     seed: int = 0,
 ) -> Split:
-    """P2 (PTUPCDR protocol): per target, a share of the users who also have source rows become
-    cold-start test users; all their target rows are hidden from training."""
+    """P2 (PTUPCDR protocol): per target, exactly round(share x n) of its n overlapping users (users with
+    rows in the source and in that target) are drawn at random as cold-start test users, as the PTUPCDR
+    code does with `random.sample`; all their target rows are hidden from training. The draw depends only
+    on (seed, target, the set of overlapping users), not on row order."""
     target = ~is_source
     source_users = np.unique(user[is_source])
     pair = _pair_key(user, domain)
     overlap = target & np.isin(user, source_users)
-    draw = _hash_unit(pair, seed)
-    is_test = overlap & (draw < cold_start_share)
+    test_pairs: list[np.ndarray] = []
+    for d in np.unique(domain[target]):
+        users_d = np.unique(user[overlap & (domain == d)])
+        n_test = round(cold_start_share * len(users_d))  # Python's round, as in the PTUPCDR code
+        rng = np.random.default_rng([seed, int(d)])
+        chosen = users_d[rng.permutation(len(users_d))[:n_test]]
+        test_pairs.append(_pair_key(chosen, np.full(len(chosen), d)))
+    is_test = overlap & np.isin(pair, np.concatenate(test_pairs) if test_pairs else np.zeros(0, np.int64))
     test = np.flatnonzero(is_test)
     rest = np.flatnonzero(target & ~is_test)
     in_valid = _hash_unit(pair[rest], seed + 1) < valid_share
     train_source = _subsample(np.flatnonzero(is_source), source_sample_rate, seed)
     return Split(rest[~in_valid], train_source, rest[in_valid], test, np.ones(len(test), dtype=bool))
+
+
+def period_split(
+    timestamp: np.ndarray,
+    is_source: np.ndarray,
+    valid_start: int,
+    test_start: int,
+    source_sample_rate: float = 1.0,
+    seed: int = 0,
+) -> Split:
+    """A published split written as clock periods (CDRIB): target rows before `valid_start` train, rows in
+    [`valid_start`, `test_start`) validate, rows from `test_start` on are the (cold-start) test set."""
+    target = ~is_source
+    train_target = np.flatnonzero(target & (timestamp < valid_start))
+    valid = np.flatnonzero(target & (timestamp >= valid_start) & (timestamp < test_start))
+    test = np.flatnonzero(target & (timestamp >= test_start))
+    train_source = _subsample(np.flatnonzero(is_source), source_sample_rate, seed)
+    return Split(train_target, train_source, valid, test, np.ones(len(test), dtype=bool))

@@ -1,0 +1,439 @@
+"""`dacdr experiment`: config -> data conversion (cached) -> split per (beta, seed) -> models -> report.
+
+An experiment config (``configs/experiments/*.yaml``) names the raw files and their format (a
+:class:`dacdr.data.loaders.ConvertConfig`), the protocol (P2 ratings with cold-start shares beta, or P3
+ranking on a published split), the seeds, the models (registry names) and the training settings. The
+runner converts the raw data once (cached by the conversion config), prepares each split once (the
+sample cache), trains every model on every (beta, seed), and writes:
+
+- ``metrics.json``: per scenario (one per beta), the core layout (`dacdr.reporting.summary`) of mean and
+  std over seeds per model and target domain, plus each run's raw numbers;
+- ``table.md``: the paper's Table 3 layout for P2 (rows: models; columns: MAE / RMSE per beta), or MRR,
+  NDCG@5/10, HR@1/5/10 for P3;
+- ``validation_curves-<scenario>.png`` and ``results.png``.
+
+Every run directory is resumable: rerunning the same command skips finished runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from rich.console import Console
+
+from dacdr.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, format_validation_error
+from dacdr.data.loaders import ConvertConfig, convert
+from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.reporting.summary import mean_std
+
+PTUPCDR_SEEDS = [900, 1000, 10, 2020, 500]
+RATING_KEYS = ["mae", "rmse"]
+RANKING_KEYS = ["mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10"]
+LABELS = {"mae": "MAE", "rmse": "RMSE", "mrr": "MRR", "ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10",
+          "hr@1": "HR@1", "hr@5": "HR@5", "hr@10": "HR@10"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SplitConfig(_Strict):
+    """How test users and validation are chosen."""
+
+    protocol: Literal["users", "periods"] = Field(
+        "users", description="'users': P2, a share beta of overlapping users held out; 'periods': a published split"
+    )
+    mode: Literal["leak-free", "ptupcdr"] = Field(
+        "leak-free",
+        description="'leak-free': source sequences hold only behaviours before each rating; 'ptupcdr': the "
+        "whole source history, as the PTUPCDR code (validation stays on training users either way)",
+    )
+    betas: list[float] = Field([0.2, 0.5, 0.8], min_length=1, description="P2: cold-start shares of overlapping users")
+    seeds: list[int] = Field(default_factory=lambda: list(PTUPCDR_SEEDS), min_length=1,
+                             description="split and model seeds (PTUPCDR's by default)")
+    valid_share: float = Field(0.1, gt=0, lt=1, description="share of training users whose target rows validate")
+    max_len: int = Field(50, gt=0, le=1024, description="source behaviours kept per sample")
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        bad = [b for b in self.betas if not 0 < b < 1]
+        if bad:
+            raise ValueError(f"betas must lie in (0, 1), got {bad}")
+        return self
+
+
+class RankingConfig(_Strict):
+    """P3 evaluation."""
+
+    negatives: int = Field(999, gt=0, description="sampled negatives per test (user, item)")
+    seed: int = Field(0, description="seed of the sampled negatives (the same for every model and run)")
+
+
+class QuickConfig(_Strict):
+    """What `--quick` changes: a smoke run in minutes."""
+
+    seeds: int = Field(1, gt=0)
+    betas: int = Field(1, gt=0, description="keep the first N betas")
+    epochs: int = Field(1, gt=0)
+    max_steps_per_epoch: int | None = Field(50, gt=0)
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment, as written in ``configs/experiments/*.yaml``."""
+
+    name: str
+    description: str = ""
+    params: dict[str, str] = Field(
+        default_factory=dict, description="values substituted for {name} in data paths; set with --param"
+    )
+    data: ConvertConfig
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    ranking: RankingConfig | None = Field(None, description="set for P3 (ranking) experiments")
+    models: list[str] = Field(min_length=1, description="registry names; each must be registered")
+    optional_models: list[str] = Field(
+        default_factory=list, description="registry names run when registered, skipped (with a note) otherwise"
+    )
+    model_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="model -> constructor kwargs")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(progress=False))
+    quick: QuickConfig = Field(default_factory=QuickConfig)
+    cache_dir: str = Field("runs/converted", description="where converted datasets are kept (relative: to cwd)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.split.protocol == "periods" and self.ranking is None:
+            raise ValueError("protocol 'periods' is the P3 ranking protocol: add a `ranking:` section")
+        unknown = sorted(set(self.model_params) - set(self.models) - set(self.optional_models))
+        if unknown:
+            raise ValueError(f"model_params for model(s) not listed in models: {unknown}")
+        return self
+
+    @property
+    def is_ranking(self) -> bool:
+        return self.ranking is not None
+
+
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+def _substitute(raw: Any, params: dict[str, str], where: str = "") -> Any:
+    if isinstance(raw, dict):
+        return {k: _substitute(v, params, f"{where}.{k}" if where else k) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_substitute(v, params, f"{where}[{i}]") for i, v in enumerate(raw)]
+    if isinstance(raw, str):
+        def repl(m: re.Match) -> str:
+            if m.group(1) not in params:
+                raise ConfigError(f"{where}: parameter {{{m.group(1)}}} is not set (pass --param {m.group(1)}=...)")
+            return params[m.group(1)]
+
+        return _PARAM.sub(repl, raw)
+    return raw
+
+
+def load_experiment(path: str | Path, params: dict[str, str] | None = None) -> ExperimentConfig:
+    """Read, substitute ``{param}`` placeholders in ``data``, validate; relative data paths resolve against
+    the config file's folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such experiment config") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    merged = {**(raw.get("params") or {}), **(params or {})}
+    raw["params"] = {k: str(v) for k, v in merged.items()}
+    if "data" in raw:
+        raw["data"] = _substitute(raw["data"], raw["params"], "data")
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from e
+    return cfg.model_copy(update={"data": cfg.data.resolve(path.parent)})
+
+
+def converted_path(cfg: ExperimentConfig) -> Path:
+    """The cached dataset directory of ``cfg.data`` (keyed by the conversion config)."""
+    key = hashlib.sha256(cfg.data.model_dump_json().encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir) / f"{cfg.data.name}-{key}"
+
+
+def ensure_converted(cfg: ExperimentConfig, log=print) -> Path:
+    path = converted_path(cfg)
+    if (path / "dataset.json").exists():
+        log(f"using the converted dataset {path}")
+        return path
+    return convert(cfg.data, path, overwrite=True, log=log)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def scenario_name(beta: float | None) -> str:
+    return "published split" if beta is None else f"beta={round(beta * 100)}%"
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    *,
+    seeds: int | None = None,
+    quick: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run every (scenario, seed, model) of ``cfg``; write metrics.json, table.md and plots into ``out``."""
+    from dacdr.models import get_entry, model_names
+    from dacdr.ranking import ranking_report, sample_candidates
+    from dacdr.runner import train_run
+    from dacdr.training.checkpoint import load_model
+
+    console = console or Console()
+    log = console.print
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    for name in cfg.models:
+        get_entry(name)  # an unknown required model fails before any data work
+    registered = set(model_names())
+    skipped = [m for m in cfg.optional_models if m not in registered]
+    models = cfg.models + [m for m in cfg.optional_models if m in registered and m not in cfg.models]
+    if skipped:
+        log(f"not registered, skipped: {', '.join(skipped)}")
+
+    seed_list = list(cfg.split.seeds)
+    betas: list[float | None] = [None] if cfg.split.protocol == "periods" else list(cfg.split.betas)
+    train_cfg = cfg.train
+    if quick:
+        seed_list = seed_list[: cfg.quick.seeds]
+        betas = betas[: cfg.quick.betas]
+        train_cfg = train_cfg.model_copy(update={"epochs": cfg.quick.epochs,
+                                                  "max_steps_per_epoch": cfg.quick.max_steps_per_epoch})
+    if seeds is not None:
+        if seeds > len(cfg.split.seeds):
+            raise ValueError(f"--seeds {seeds}: the config lists only {len(cfg.split.seeds)} seeds")
+        seed_list = list(cfg.split.seeds)[:seeds]
+
+    data_path = ensure_converted(cfg, log)
+    spec = json.loads((data_path / "dataset.json").read_text())
+    if not spec.get("has_timestamps", True):
+        log("[yellow]note:[/yellow] this dataset has no timestamps; file order is its clock and each source "
+            "sequence holds the user's whole source history")
+    cutoff = "all" if cfg.split.mode == "ptupcdr" else "before"
+    (out / "experiment.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    keys = RANKING_KEYS if cfg.is_ranking else RATING_KEYS
+    scenarios: dict[str, Any] = {}
+    for beta in betas:
+        scen = scenario_name(beta)
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
+        histories: dict[str, list[list[dict[str, Any]]]] = {m: [] for m in models}
+        split_stats: list[dict[str, Any]] = []
+        for seed in seed_list:
+            prepared = _prepare(data_path, cfg, beta, seed, cutoff)
+            split_stats.append(_split_stats(prepared, seed))
+            log(f"[bold]{cfg.name}[/bold] {scen} seed {seed}: " + ", ".join(
+                f"{k} {v:,}" for k, v in split_stats[-1].items() if k != "seed"))
+            candidates = None
+            if cfg.is_ranking:
+                assert cfg.ranking is not None
+                test_pos = prepared.split.test[prepared.samples["label"][prepared.split.test] > 0]
+                candidates = sample_candidates(prepared, test_pos, cfg.ranking.negatives, cfg.ranking.seed)
+            for name in models:
+                run_dir = out / "runs" / _slug(scen) / f"{_slug(name)}-seed{seed}"
+                run_cfg = RunConfig(
+                    data=DataConfig(path=str(data_path), max_len=cfg.split.max_len,
+                                    protocol="periods" if beta is None else "users",
+                                    cold_start_share=beta or 0.2, valid_share=cfg.split.valid_share,
+                                    sequence_cutoff=cutoff),
+                    model=ModelConfig(name=name, params=model_params(name, cfg.model_params.get(name, {}), prepared)),
+                    train=train_cfg.model_copy(update={"seed": seed}),
+                )
+                t_run = time.perf_counter()
+                result = train_run(run_cfg, prepared=prepared, run_dir=run_dir, console=console)
+                if cfg.is_ranking:
+                    assert cfg.ranking is not None
+                    model, _ = load_model(run_dir)
+                    rank = ranking_report(model, prepared, candidates=candidates,
+                                          indices=prepared.split.test[prepared.samples["label"][prepared.split.test] > 0])
+                    result["test"] = {"cold": rank, "all": rank}
+                    (run_dir / "ranking.json").write_text(json.dumps(result["test"], indent=1))
+                result["seconds"] = round(time.perf_counter() - t_run, 1)
+                runs[name].append(result)
+                histories[name].append(result.get("history", []))
+                headline = {d: {k: round(m[k], 4) for k in keys} for d, m in result["test"]["cold"].items()}
+                log(f"  {name} seed {seed}: {headline} ({result['seconds']:.0f} s)")
+        scenarios[scen] = _aggregate(runs, keys, seed_list, split_stats, beta)
+        _write_scenario(out / _slug(scen), scenarios[scen], histories, "auc" if cfg.is_ranking else "rmse")
+
+    metrics = {
+        "experiment": cfg.name,
+        "description": cfg.description,
+        "task": "ranking" if cfg.is_ranking else "rating",
+        "protocol": "P3" if cfg.is_ranking else f"P2 ({cfg.split.mode})",
+        "dataset": {"name": spec["name"], "path": str(data_path), "has_timestamps": spec.get("has_timestamps", True),
+                    "source": spec["source_domain"], "targets": spec["target_domains"]},
+        "seeds": seed_list,
+        "quick": quick,
+        "models_skipped": skipped,
+        "metric_keys": keys,
+        "scenarios": scenarios,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default) + "\n")
+    table = markdown_table(metrics)
+    (out / "table.md").write_text(table)
+    results_plot(metrics, out / "results.png")
+    console.print(table)
+    log(f"wrote {out}/metrics.json, table.md, results.png in {metrics['wall_seconds']:.0f} s")
+    return metrics
+
+
+def model_params(name: str, params: dict[str, Any], prepared: PreparedData) -> dict[str, Any]:
+    """``params`` plus the data-dependent arguments a model's constructor asks for (``n_users`` for the
+    models with user-id embeddings: CMF, EMCDR, SSCDR, PTUPCDR)."""
+    import inspect
+
+    from dacdr.models import get_entry
+
+    accepted = inspect.signature(get_entry(name).cls.__init__).parameters
+    out = dict(params)
+    if "n_users" in accepted and "n_users" not in out:
+        out["n_users"] = len(prepared.vocabs["user"])
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer | np.floating):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _prepare(data_path: Path, cfg: ExperimentConfig, beta: float | None, seed: int, cutoff: str) -> PreparedData:
+    kwargs: dict[str, Any] = {"max_len": cfg.split.max_len, "valid_share": cfg.split.valid_share, "seed": seed}
+    if beta is None:
+        kwargs["protocol"] = "periods"
+    else:
+        kwargs |= {"protocol": "users", "cold_start_share": beta}
+    if cutoff != "before":
+        kwargs["sequence_cutoff"] = cutoff
+    return prepare_cached(data_path, **kwargs)
+
+
+def _split_stats(prepared: PreparedData, seed: int) -> dict[str, Any]:
+    s, split = prepared.samples, prepared.split
+    return {
+        "seed": seed,
+        "train_target": len(split.train_target),
+        "train_source": len(split.train_source),
+        "valid": len(split.valid),
+        "test": len(split.test),
+        "test_users": int(len(np.unique(s["user"][split.test]))),
+    }
+
+
+def _aggregate(
+    runs: dict[str, list[dict[str, Any]]], keys: list[str], seeds: list[int], split_stats: list[dict[str, Any]],
+    beta: float | None,
+) -> dict[str, Any]:
+    """The core metrics.json layout (models -> domain -> metric -> mean/std) plus per-run numbers."""
+    def agg(scope: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, rs in runs.items():
+            domains = list(rs[0]["test"][scope]) if rs else []
+            out[name] = {d: {k: mean_std([r["test"][scope].get(d, {}).get(k, float("nan")) for r in rs])
+                             for k in keys} for d in domains}
+        return out
+
+    return {
+        "beta": beta,
+        "seeds": seeds,
+        "splits": split_stats,
+        "models": agg("cold"),
+        "models_all_users": agg("all"),
+        "runs": {name: [{"seed": r["seed"], "test": r["test"]["cold"], "seconds": r.get("seconds"),
+                         "epochs": len(r.get("history", []))} for r in rs] for name, rs in runs.items()},
+    }
+
+
+def _write_scenario(directory: Path, scenario: dict[str, Any], histories: dict[str, list], metric: str) -> None:
+    from dacdr.reporting.plots import plot_validation_curves
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.json").write_text(json.dumps(scenario, indent=1, default=_json_default) + "\n")
+    if any(h for hs in histories.values() for h in hs):
+        plot_validation_curves(histories, metric, directory / "validation_curves.png")
+
+
+def _cell(stat: dict[str, float]) -> str:
+    if stat["mean"] != stat["mean"]:  # NaN
+        return "n/a"
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    """Table 3 layout: one row per model; for P2 the columns are MAE / RMSE per beta, for P3 the ranking
+    metrics. One table per target domain; cells are mean ± std over the seeds."""
+    keys = metrics["metric_keys"]
+    scenarios = metrics["scenarios"]
+    first = next(iter(scenarios.values()))
+    domains = list(next(iter(first["models"].values()), {}))
+    seeds = ", ".join(map(str, metrics["seeds"]))
+    lines = [f"## {metrics['experiment']}: {metrics['protocol']}, cold-start users, mean ± std over "
+             f"{len(metrics['seeds'])} seed(s) ({seeds})", ""]
+    if metrics.get("quick"):
+        lines += ["*Quick run: a smoke test, not a result.*", ""]
+    for d in domains:
+        header = ["model"] + [f"{LABELS[k]} ({s})" if len(scenarios) > 1 else LABELS[k]
+                              for s in scenarios for k in keys]
+        lines += [f"### {metrics['dataset']['source']} → {d}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for name in first["models"]:
+            cells = [_cell(scenarios[s]["models"][name][d][k]) if d in scenarios[s]["models"].get(name, {}) else "n/a"
+                     for s in scenarios for k in keys]
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+        lines.append("")
+    if metrics.get("models_skipped"):
+        lines += [f"Not registered in this build, skipped: {', '.join(metrics['models_skipped'])}.", ""]
+    return "\n".join(lines)
+
+
+def results_plot(metrics: dict[str, Any], path: Path) -> Path:
+    """Grouped bars of the headline metric (RMSE for P2, NDCG@10 for P3) per scenario and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "ndcg@10" if metrics["task"] == "ranking" else "rmse"
+    scenarios = metrics["scenarios"]
+    models = list(next(iter(scenarios.values()))["models"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(scenarios) * max(1, len(models)) / 3), 4.2))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(scenarios))
+    for j, name in enumerate(models):
+        means, stds = [], []
+        for s in scenarios.values():
+            per_domain = list(s["models"].get(name, {}).values())
+            means.append(np.nanmean([m[key]["mean"] for m in per_domain]) if per_domain else np.nan)
+            stds.append(np.nanmean([m[key]["std"] for m in per_domain]) if per_domain else np.nan)
+        ax.bar(x + (j - (len(models) - 1) / 2) * width, means, width, yerr=stds, label=name, capsize=2)
+    ax.set_xticks(x, list(scenarios))
+    ax.set_ylabel(f"{LABELS[key]} (cold-start users; mean ± std over seeds)")
+    ax.set_title(f"{metrics['experiment']} ({metrics['protocol']})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
