@@ -99,6 +99,10 @@ def test_export_invariants(pair_path, tmp_path, mode, beta):
         for uid, iid, _, seq in files[name]:
             assert POS_SEQ.match(seq), seq
             seq_ids = ast.literal_eval(seq)
+            # PTUPCDR's own parser: strip the brackets, split on ", ", int() each ('' of [] -> padding)
+            parts = seq.rstrip("]").lstrip("[").split(", ")
+            assert parts == [""] if not seq_ids else [int(x) for x in parts] == seq_ids
+            assert all(0 <= i < n_src for i in seq_ids)
             assert all(src_rating[(uid, i)] > 3 for i in seq_ids)
             row_ts = ts[(users[uid], "Movies", items[int(iid)])]
             src_ts = [ts[(users[uid], "Books", items[i])] for i in seq_ids]

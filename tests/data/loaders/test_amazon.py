@@ -135,3 +135,15 @@ def test_missing_file_is_named(tmp_path):
 def test_config_rejects_a_domain_without_file():
     with pytest.raises(ValueError, match="no file for domain"):
         ConvertConfig(format="amazon-2014", name="x", source="A", targets=["B"], files={"A": "a.json"})
+
+
+def test_gzipped_csv_and_recbole_files(tmp_path):
+    path = _write(tmp_path / "ratings_Books.csv.gz", ["u1,i1,5.0,100", "u2,i2,4.0,200"])
+    df, n = read_reviews(path, "amazon-2014-csv", Rejects())
+    assert n == 2 and df["user"].to_list() == ["u1", "u2"]
+    inter = _write(tmp_path / "x.inter.gz", ["user_id:token\titem_id:token\trating:float", "a\tb\t3"])
+    from dacdr.data.loaders.table import read_ratings_table
+
+    df, n, has_ts = read_ratings_table(inter, {"user": "user_id", "item": "item_id", "rating": "rating"}, Rejects(),
+                                       separator="\t")
+    assert not has_ts and df.select("user", "item", "label").rows() == [("a", "b", 3.0)]
