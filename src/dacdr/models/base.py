@@ -48,3 +48,7 @@ class RecModel(nn.Module):
     def output_layer(self) -> nn.Linear:
         """The final linear layer, whose bias the trainer sets to the base rate before training."""
         raise NotImplementedError
+
+    def output_layers(self) -> list[nn.Linear]:
+        """Every final linear layer (one per domain tower in multi-domain models); default: `output_layer()`."""
+        return [self.output_layer()]

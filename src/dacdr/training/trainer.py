@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dacdr.config import TrainConfig
-from dacdr.data.batches import BatchGatherer
+from dacdr.data.batches import Batch, BatchGatherer
 from dacdr.data.samples import PreparedData
 from dacdr.evaluation import oracle_report, predict, score_metrics, test_report
 from dacdr.models import RecModel
@@ -38,14 +38,23 @@ class Phase:
     """One stage of training: which samples, which parameters, how many epochs.
 
     Single-stage models use one phase; staged models (pre-train, bridge, meta-learn) return several from
-    `RecModel.phases()`, and the trainer runs them in order.
+    `RecModel.phases()`, and the trainer runs them in order. Before a phase starts the trainer calls
+    `model.set_phase(name)` when the model has it (and `set_phase(None)` after the last phase), so a model
+    may route its *training* forward by phase; evaluation always scores the model as deployed.
     """
 
     name: str
     train_on: str = "targets"
     epochs: int | None = None
     trainable: Callable[[str], bool] | None = None
+    """parameter name -> trained in this phase; None trains all"""
     early_stopping: bool = True
+    select: Callable[[PreparedData, np.ndarray], np.ndarray] | None = None
+    """narrows the `train_on` sample indices, e.g. to one row per overlapping user (bridge phases)"""
+    loss: Callable[[RecModel, Batch], torch.Tensor] | None = None
+    """replaces the task loss (BCE / MSE on labels), e.g. the MSE between mapped and target embeddings"""
+    lr: float | None = None
+    """learning rate of this phase; None: the config's"""
 
 
 class Trainer:
@@ -101,7 +110,13 @@ class Trainer:
         mean = float(self.prepared.samples["label"][idx].mean()) if len(idx) else 0.5
         value = math.log(max(mean, 1e-4) / max(1 - mean, 1e-4)) if self.task == "ctr" else mean
         with torch.no_grad():
-            self.model.output_layer().bias.fill_(value)
+            for layer in self.model.output_layers():
+                layer.bias.fill_(value)
+
+    def _set_phase(self, name: str | None) -> None:
+        set_phase = getattr(self.model, "set_phase", None)
+        if callable(set_phase):
+            set_phase(name)
 
     def _better(self, a: float, b: float | None) -> bool:
         if b is None or math.isnan(b):
@@ -128,12 +143,15 @@ class Trainer:
         for p_i in range(state["phase"], len(phases)):
             phase = phases[p_i]
             idx = self.training_indices(phase.train_on)
+            if phase.select is not None:
+                idx = phase.select(self.prepared, idx)
             if len(idx) == 0:
                 raise ValueError(f"phase {phase.name!r}: no training samples for train_on={phase.train_on!r}")
+            self._set_phase(phase.name)
             params = [p for n, p in self.model.named_parameters() if phase.trainable is None or phase.trainable(n)]
             for n, p in self.model.named_parameters():
                 p.requires_grad_(phase.trainable is None or phase.trainable(n))
-            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            opt = torch.optim.AdamW(params, lr=phase.lr or cfg.lr, weight_decay=cfg.weight_decay)
             if saved is not None and state["phase"] == p_i:
                 opt.load_state_dict(blob["optimizer"])
                 torch.set_rng_state(blob["rng"])
@@ -171,6 +189,9 @@ class Trainer:
                 self.model.load_state_dict(load_model(self.run_dir)[0].state_dict())
             state |= {"phase": p_i + 1, "epoch": 0, "best": None, "bad_epochs": 0}
             saved = None
+        self._set_phase(None)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
         state["done"] = True
         save_training_state(resume_dir, opt, state)
         return state["history"]
@@ -194,8 +215,7 @@ class Trainer:
             for step, batch in enumerate(self.gatherer.iterate(idx, cfg.batch_size, shuffle=True, generator=gen)):
                 if step >= n_batches:
                     break
-                raw = model.score(batch)
-                loss = self.loss_fn(raw, batch["label"])
+                loss = phase.loss(model, batch) if phase.loss else self.loss_fn(model.score(batch), batch["label"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
