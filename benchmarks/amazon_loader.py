@@ -2,8 +2,8 @@
 
 Generates an Amazon-2014-style ``reviews_*.json.gz`` (``--lines`` reviews, every field of the real dumps:
 reviewerID, asin, reviewerName, helpful, reviewText, overall, summary, unixReviewTime, reviewTime), then
-runs each reader in its own fresh Python process and reports wall time and peak resident memory of that
-process (``wait4`` rusage), so neither run inherits the other's allocations.
+runs each reader in its own fresh Python process and reports wall time and the peak resident memory of
+that process (its VmHWM), so neither run inherits the other's allocations.
 
     python benchmarks/amazon_loader.py --lines 5000000 --out /tmp/amazon-bench   # needs pandas ([bench])
 """
@@ -57,25 +57,27 @@ def generate(path: Path, n_lines: int, seed: int = 0, chunk: int = 500_000) -> P
     return path
 
 
+# Each child prints its row count and its own peak RSS (VmHWM of /proc/self/status). The parent's rusage
+# is no use here: on Linux a child's ru_maxrss counts the memory of the forking parent before exec.
+_HWM = "; print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]))"
 CHILD = {
     "dacdr": (
         "from dacdr.data.loaders.amazon import read_reviews; from dacdr.data.loaders.lines import Rejects;"
-        "import sys; df, n = read_reviews(sys.argv[1], 'amazon-2014', Rejects()); print(df.height)"
+        "import sys; df, n = read_reviews(sys.argv[1], 'amazon-2014', Rejects()); print(df.height)" + _HWM
     ),
-    "pandas": "import sys, pandas as pd; df = pd.read_json(sys.argv[1], lines=True); print(len(df))",
-    "imports-only": "import polars, pandas, dacdr.data.loaders; print(0)",
+    "pandas": "import sys, pandas as pd; df = pd.read_json(sys.argv[1], lines=True); print(len(df))" + _HWM,
+    "imports-only": "import polars, pandas, dacdr.data.loaders; print(0)" + _HWM,
 }
 
 
 def run_child(kind: str, path: Path) -> dict[str, float]:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD[kind], str(path)], stdout=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", CHILD[kind], str(path)], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    out = proc.stdout.read().decode().strip() if proc.stdout else ""
-    if status != 0:
-        raise RuntimeError(f"{kind} failed with status {status}: {out}")
-    return {"rows": int(out), "seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} failed with status {proc.returncode}: {proc.stderr[-2000:]}")
+    rows, hwm_kib = proc.stdout.split()[-2:]
+    return {"rows": int(rows), "seconds": round(seconds, 2), "peak_rss_mib": round(int(hwm_kib) / 1024, 1)}
 
 
 def main() -> None:
