@@ -28,11 +28,12 @@ from dacdr.training.checkpoint import load_model
 DEMO_MODELS = ["DACDR", "DACDR w/o DA", "DACDR w/o IA", "DACDR w/o DA&IA", "DNN-multi"]
 
 
-def demo_settings(quick: bool) -> tuple[Any, TrainConfig]:
+def demo_settings(quick: bool, preset: str = "demo") -> tuple[Any, TrainConfig]:
     """The data preset and training settings of the full and the quick demo."""
     if quick:
-        return get_preset("demo", n_users=8000), TrainConfig(epochs=2, patience=1, batch_size=1024)
-    return get_preset("demo"), TrainConfig(epochs=4, patience=1, batch_size=1024)
+        synth = get_preset(preset, n_users=8000) if preset == "demo" else get_preset(preset)
+        return synth, TrainConfig(epochs=2, patience=1, batch_size=1024)
+    return get_preset(preset), TrainConfig(epochs=4, patience=1, batch_size=1024)
 
 
 def run_demo(
@@ -42,17 +43,23 @@ def run_demo(
     models: list[str] | None = None,
     console: Console | None = None,
     progress: bool = True,
+    preset: str = "demo",
 ) -> dict[str, Any]:
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = models or DEMO_MODELS
-    synth, train_cfg = demo_settings(quick)
+    synth, train_cfg = demo_settings(quick, preset)
     seed_list = list(range(1 if quick else seeds))
     t0 = time.perf_counter()
 
     data_dir = out / "data"
-    if not (data_dir / "dataset.json").exists():
+    if (data_dir / "dataset.json").exists():
+        made_with = json.loads((data_dir / "dataset.json").read_text()).get("generator", {}).get("config")
+        if made_with != synth.model_dump(mode="json"):
+            raise ValueError(f"{data_dir} holds a different synthetic world (another preset or --quick); "
+                             "use another --out or delete it")
+    else:
         console.print(f"generating the synthetic world into {data_dir} ...")
         generate(synth, data_dir, seed=0)
     data_cfg = DataConfig(path=str(data_dir))
@@ -79,7 +86,7 @@ def run_demo(
 
     metrics = build_metrics(
         prepared.spec.task,
-        {"name": prepared.meta["dataset"], "path": str(data_dir), "preset": "demo",
+        {"name": prepared.meta["dataset"], "path": str(data_dir), "preset": preset,
          "quick": quick, "generator_seed": 0},
         seed_list,
         results,

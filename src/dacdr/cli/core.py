@@ -19,6 +19,7 @@ def demo(
     seeds: Annotated[int, typer.Option(min=1, help="model seeds (ignored with --quick)")] = 3,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("demo-out"),
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    preset: Annotated[str, typer.Option(help="synthetic preset; `tiny` makes a seconds-long smoke run")] = "demo",
 ) -> None:
     """Generate the synthetic demo world, train DACDR, its ablations and DNN-multi, report vs the oracle."""
     import torch
@@ -27,7 +28,7 @@ def demo(
 
     if threads:
         torch.set_num_threads(threads)
-    run_demo(out, seeds=seeds, quick=quick, console=console)
+    run_demo(out, seeds=seeds, quick=quick, console=console, preset=preset)
 
 
 @app.command()
