@@ -65,7 +65,7 @@ def bench_settings(preset: str = "industrial", seeds: int = 3, quick: bool = Fal
         )
     return BenchSettings(
         preset=preset, seeds=seeds,
-        train=TrainConfig(epochs=2, max_steps_per_epoch=60, batch_size=2048, patience=0, progress=False),
+        train=TrainConfig(epochs=2, max_steps_per_epoch=40, batch_size=2048, patience=0, progress=False),
     )
 
 

@@ -1,0 +1,98 @@
+"""`dacdr bench`: Table 2 layout, CSV, metrics.json schema, paired test, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from dacdr.bench import (
+    PAPER_ORDER,
+    BenchSettings,
+    bench_settings,
+    paired_test,
+    paired_tests,
+    run_bench,
+    table2_markdown,
+)
+from dacdr.cli import app
+from dacdr.config import TrainConfig
+
+
+def test_paired_test_matches_the_textbook_formula():
+    a, b = [0.70, 0.72, 0.71, 0.69], [0.68, 0.71, 0.69, 0.69]
+    d = np.subtract(a, b)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    res = paired_test(a, b)
+    assert res["t"] == pytest.approx(t)
+    assert res["mean_diff"] == pytest.approx(d.mean()) and res["n_seeds"] == 4
+    assert 0 < res["p_value"] < 1
+    one = paired_test([0.7], [0.6])
+    assert math.isnan(one["p_value"]) and one["mean_diff"] == pytest.approx(0.1)
+
+
+def test_paired_tests_pick_the_best_baseline_per_target():
+    per_seed = {"DACDR": {"t1": [0.70, 0.71], "t2": [0.60, 0.61]},
+                "CMF": {"t1": [0.69, 0.69], "t2": [0.50, 0.52]},
+                "STAR": {"t1": [0.60, 0.61], "t2": [0.62, 0.63]},
+                "DACDR w/o DA": {"t1": [0.99, 0.99], "t2": [0.99, 0.99]}}  # a variant is never "the baseline"
+    tests = paired_tests(per_seed, ["t1", "t2"])
+    assert tests["t1"]["best_baseline"] == "CMF" and tests["t2"]["best_baseline"] == "STAR"
+    assert tests["t2"]["mean_diff"] == pytest.approx(-0.02)
+
+
+def test_table2_rows_follow_the_paper_with_the_oracle_first():
+    stat = {"auc": {"mean": 0.6, "std": 0.01}}
+    metrics = {"oracle": {"t1": {"auc": 0.8}}, "models": {n: {"t1": stat} for n in reversed(PAPER_ORDER)}}
+    rows = [line.split("|")[1].strip() for line in table2_markdown(metrics).splitlines()[2:]]
+    assert rows == ["Oracle (true p)", *PAPER_ORDER]
+
+
+def test_quick_settings_are_smaller_than_the_full_run():
+    quick, full = bench_settings(quick=True), bench_settings(seeds=3)
+    assert quick.seeds == 1 and full.seeds == 3
+    assert quick.train.max_steps_per_epoch * quick.train.epochs < full.train.max_steps_per_epoch * full.train.epochs
+    assert quick.preset_overrides.get("n_users", 10**9) < 50_000
+
+
+def test_run_bench_writes_every_report(tmp_path):
+    settings = BenchSettings(
+        preset="tiny", seeds=2, dim=8, max_len=20,
+        train=TrainConfig(epochs=1, max_steps_per_epoch=3, batch_size=256, patience=0, progress=False),
+    )
+    out = tmp_path / "bench"
+    metrics = run_bench(out, settings, models=["DACDR", "CMF"], console=Console(quiet=True))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["task"] == "ctr"
+    assert {"oracle", "models", "models_all_users", "paired_tests", "per_seed_cold_auc", "bench"} <= set(saved)
+    targets = ["target_1", "target_2", "target_3"]
+    assert list(saved["models"]["DACDR"]) == targets
+    for name in ("DACDR", "CMF"):
+        for d in targets:
+            per_seed = saved["per_seed_cold_auc"][name][d]
+            assert len(per_seed) == 2
+            assert saved["models"][name][d]["auc"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert saved["paired_tests"]["target_1"]["best_baseline"] == "CMF"
+    assert metrics["paired_tests"]["target_1"]["n_seeds"] == 2
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"Oracle (true p)", "DACDR", "CMF"}
+    assert len(rows) == 2 * 3 * 3  # (oracle + 2 models) x 3 targets x {cold, all}
+    table = (out / "table.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[1].startswith("| Oracle (true p)") and lines[2].startswith("| CMF") and lines[3].startswith("| DACDR")
+    assert (out / "table2.png").stat().st_size > 1000
+    # every model trained on the same prepared world, one run directory per (model, seed)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["CMF-seed0", "CMF-seed1", "DACDR-seed0", "DACDR-seed1"]
+
+
+def test_cli_rejects_an_unknown_model(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--quick", "--models", "NoSuchModel", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown model" in result.output
+    assert not (tmp_path / "data").exists()  # failed before generating anything
