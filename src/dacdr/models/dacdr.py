@@ -30,6 +30,10 @@ class DACDR(RecModel):
     ``pool`` (w/o DA & IA: one masked mean pooling of the sequence replaces both steps).
     """
 
+    # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
+    # each with its own domain tokens E_d; `train.train_on: targets` restricts it to target samples.
+    train_on = "source+targets"
+
     def __init__(
         self,
         spec: FeatureSpec,
@@ -40,10 +44,12 @@ class DACDR(RecModel):
         encoder_hidden: tuple[int, ...] = (128,),
         predictor_hidden: tuple[int, ...] = (128, 64),
         dropout: float = 0.0,
+        match_features: bool = True,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
             encoder_hidden=list(encoder_hidden), predictor_hidden=list(predictor_hidden), dropout=dropout,
+            match_features=match_features,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -59,7 +65,11 @@ class DACDR(RecModel):
         enc_in += n * dim if self.use_ia else 0
         enc_in += dim if variant == "pool" else 0
         self.encoder = mlp([enc_in, *encoder_hidden, user_dim], dropout, last_activation=True)
-        self.predictor = mlp([user_dim + n * dim, *predictor_hidden, 1], dropout)
+        # (choice, measured in docs/models.md) The predictor also sees the element-wise product of each
+        # candidate token with what the history offers for it (H_i, or the pooled / domain-level summary in the
+        # ablations), so it need not learn a dot product with ReLUs. `match_features=False` is MODEL.md verbatim.
+        self.match_features = match_features
+        self.predictor = mlp([user_dim + n * dim * (2 if match_features else 1), *predictor_hidden, 1], dropout)
 
     def output_layer(self) -> nn.Linear:
         return self.predictor[-1]
@@ -100,7 +110,14 @@ class DACDR(RecModel):
         if "pooled" in parts:
             enc_in.append(parts["pooled"])
         user = self.encoder(torch.cat(enc_in, dim=1))
-        return self.predictor(torch.cat([user, parts["E_i"].reshape(b, -1)], dim=1)).squeeze(1)
+        pred_in = [user, parts["E_i"].reshape(b, -1)]
+        if self.match_features:
+            offered = parts.get("H_i")
+            if offered is None:  # no item-level step: the history as a whole, per candidate token
+                summary = parts["pooled"] if "pooled" in parts else parts["H_d"].mean(1)
+                offered = summary.unsqueeze(1).expand_as(parts["E_i"])
+            pred_in.append((offered * parts["E_i"]).reshape(b, -1))
+        return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
 
 
 register("DACDR w/o DA", DACDR, variant="no_da")

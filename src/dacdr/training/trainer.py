@@ -23,7 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dacdr.config import TrainConfig
 from dacdr.data.batches import Batch, BatchGatherer
 from dacdr.data.samples import PreparedData
-from dacdr.evaluation import oracle_report, predict, score_metrics, test_report
+from dacdr.data.streaming import StreamingData
+from dacdr.distributed.context import DistContext, all_gather_concat, all_reduce_sum, barrier, current, rank_slice
+from dacdr.distributed.memory import table_memory_report
+from dacdr.evaluation import oracle_report, score_metrics, test_report
 from dacdr.models import RecModel
 from dacdr.training.checkpoint import (
     load_model,
@@ -60,7 +63,7 @@ class Phase:
 class Trainer:
     def __init__(
         self,
-        prepared: PreparedData,
+        prepared: PreparedData | StreamingData,
         model: RecModel,
         model_name: str,
         cfg: TrainConfig,
@@ -71,13 +74,26 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = console or Console(stderr=True)
-        self.gatherer = BatchGatherer(prepared)
+        # Distributed (DDP) when launched by torchrun / `dacdr train --nproc`: rank 0 alone writes files.
+        self.dist: DistContext = current()
+        self.stream = prepared if isinstance(prepared, StreamingData) else None
+        if self.stream is not None:
+            # Training samples stay on disk and are streamed; validation/test rows (a small share) are here.
+            self.prepared = prepared = self.stream.eval_view()
+            self.gatherer: BatchGatherer = self.stream.eval_gatherer()
+        else:
+            self.gatherer = BatchGatherer(prepared)
+        self.model.to(self.dist.device)
+        self.net: torch.nn.Module = model
+        """what the training forward runs through: the DDP wrapper in a distributed run, else the model"""
         self.task = prepared.spec.task
         self.higher_is_better = self.task == "ctr"
         self.loss_fn = torch.nn.BCEWithLogitsLoss() if self.task == "ctr" else torch.nn.MSELoss()
 
     # ----------------------------------------------------------------- helpers
     def log(self, msg: str) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "log.txt", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if self.cfg.progress:
@@ -90,6 +106,9 @@ class Trainer:
         return [Phase("main", self.cfg.train_on or self.model.train_on)]
 
     def training_indices(self, train_on: str) -> np.ndarray:
+        if self.stream is not None:
+            # The samples stay on disk; a zero-stride placeholder carries their count without memory.
+            return np.broadcast_to(np.int64(0), (self.stream.n_train(train_on),))
         split = self.prepared.split
         if train_on == "targets":
             return split.train_target
@@ -101,13 +120,16 @@ class Trainer:
 
     def validation_score(self) -> tuple[float, dict[str, float]]:
         idx = self.prepared.split.valid
-        preds = predict(self.model, self.gatherer, idx, self.cfg.eval_batch_size)
+        preds = self._predict(idx)
         s = self.prepared.samples
         m = score_metrics(self.task, s["label"][idx], preds, s["user"][idx])
         return (m["auc"] if self.task == "ctr" else m["rmse"]), m
 
     def _init_output_bias(self, idx: np.ndarray) -> None:
-        mean = float(self.prepared.samples["label"][idx].mean()) if len(idx) else 0.5
+        if self.stream is not None:
+            mean = self.stream.label_mean("targets")
+        else:
+            mean = float(self.prepared.samples["label"][idx].mean()) if len(idx) else 0.5
         value = math.log(max(mean, 1e-4) / max(1 - mean, 1e-4)) if self.task == "ctr" else mean
         with torch.no_grad():
             for layer in self.model.output_layers():
@@ -117,6 +139,49 @@ class Trainer:
         set_phase = getattr(self.model, "set_phase", None)
         if callable(set_phase):
             set_phase(name)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        if self.dist.device.type == "cpu":
+            return batch
+        return {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def _predict(self, idx: np.ndarray) -> np.ndarray:
+        """Predictions for `idx`, in order: each rank scores a contiguous part and all ranks receive the
+        union, so metrics (AUC, gAUC) are computed on every prediction, identically on every rank."""
+        part = idx[rank_slice(len(idx), self.dist)]
+        was_training = self.model.training
+        self.model.eval()
+        out = [self.model.predict(self.model.score(self._to_device(b))).float().cpu().numpy()
+               for b in self.gatherer.iterate(part, self.cfg.eval_batch_size)]
+        self.model.train(was_training)
+        return all_gather_concat(self.dist, np.concatenate(out) if out else np.zeros(0, dtype=np.float32))
+
+    def _wrap(self, phase: Phase) -> torch.nn.Module:
+        """DDP around the model for one phase (built per phase: DDP fixes its parameter set at construction)."""
+        if not self.dist.distributed:
+            return self.model
+        if phase.loss is not None:
+            raise ValueError(f"phase {phase.name!r} has a custom loss that bypasses the model's forward; "
+                             "DDP cannot synchronise its gradients: train it in one process")
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids,
+                                       find_unused_parameters=self.cfg.find_unused_parameters)
+
+    def _epoch_batches(self, phase: Phase, idx: np.ndarray, gen: torch.Generator) -> tuple[int, Any]:
+        """(steps, batches) of this rank for one epoch; the same number of steps on every rank."""
+        cfg = self.cfg
+        if self.stream is not None:
+            return self.stream.train_batches(phase.train_on, cfg.batch_size, gen.initial_seed(), self.dist,
+                                             cfg.num_workers)
+        # One shuffle for all ranks (same generator), then an equal contiguous part each; in one process this
+        # is exactly the former `iterate(idx, shuffle=True)` order.
+        idx = idx[torch.randperm(len(idx), generator=gen).numpy()]
+        per_rank = len(idx) // self.dist.world
+        idx = idx[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+        return math.ceil(len(idx) / cfg.batch_size), self.gatherer.iterate(idx, cfg.batch_size)
 
     def _better(self, a: float, b: float | None) -> bool:
         if b is None or math.isnan(b):
@@ -139,11 +204,14 @@ class Trainer:
             self.log(f"resuming {self.model_name} at phase {state['phase']} epoch {state['epoch']}")
         if state.get("done"):
             return state["history"]
+        self.log(table_memory_report(self.model))
         phases = self.phases()
         for p_i in range(state["phase"], len(phases)):
             phase = phases[p_i]
             idx = self.training_indices(phase.train_on)
             if phase.select is not None:
+                if self.stream is not None:
+                    raise ValueError(f"phase {phase.name!r} selects samples in memory; use data.streaming: false")
                 idx = phase.select(self.prepared, idx)
             if len(idx) == 0:
                 raise ValueError(f"phase {phase.name!r}: no training samples for train_on={phase.train_on!r}")
@@ -152,6 +220,7 @@ class Trainer:
             for n, p in self.model.named_parameters():
                 p.requires_grad_(phase.trainable is None or phase.trainable(n))
             opt = torch.optim.AdamW(params, lr=phase.lr or cfg.lr, weight_decay=cfg.weight_decay)
+            self.net = self._wrap(phase)
             if saved is not None and state["phase"] == p_i:
                 opt.load_state_dict(blob["optimizer"])
                 torch.set_rng_state(blob["rng"])
@@ -169,21 +238,26 @@ class Trainer:
                     improved = self._better(score, state["best"])
                     if improved:
                         state["best"], state["bad_epochs"] = score, 0
-                        save_model(self.model, self.model_name, self.run_dir)
+                        if self.dist.is_main:
+                            save_model(self.model, self.model_name, self.run_dir)
                     else:
                         state["bad_epochs"] += 1
                     self.log(f"[{phase.name}] epoch {state['epoch']}: loss {record['loss']:.4f}, "
                              f"valid {'auc' if self.task == 'ctr' else 'rmse'} {score:.4f}"
                              f"{' (best)' if improved else ''}, {record['samples_per_s']:.0f} samples/s")
                 state["history"].append(record)
-                (self.run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-                save_model(self.model, self.model_name, resume_dir)
-                save_training_state(resume_dir, opt, state)
+                if self.dist.is_main:  # checkpoints are written once, by rank 0
+                    (self.run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+                    save_model(self.model, self.model_name, resume_dir)
+                    save_training_state(resume_dir, opt, state)
+                barrier(self.dist)
                 if phase.early_stopping and state["bad_epochs"] > cfg.patience:
                     self.log(f"[{phase.name}] early stop after {state['epoch']} epochs")
                     break
             if not phase.early_stopping:
-                save_model(self.model, self.model_name, self.run_dir)
+                if self.dist.is_main:
+                    save_model(self.model, self.model_name, self.run_dir)
+                barrier(self.dist)
             elif (self.run_dir / "model.safetensors").exists():
                 # Later phases start from the best weights of this one.
                 self.model.load_state_dict(load_model(self.run_dir)[0].state_dict())
@@ -193,7 +267,10 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(True)
         state["done"] = True
-        save_training_state(resume_dir, opt, state)
+        self.net = self.model
+        if self.dist.is_main:
+            save_training_state(resume_dir, opt, state)
+        barrier(self.dist)
         return state["history"]
 
     def _train_epoch(
@@ -201,21 +278,25 @@ class Trainer:
     ) -> dict[str, Any]:
         cfg, model = self.cfg, self.model
         model.train()
-        n_batches = math.ceil(len(idx) / cfg.batch_size)
+        n_batches, batches = self._epoch_batches(phase, idx, gen)
         if cfg.max_steps_per_epoch:
             n_batches = min(n_batches, cfg.max_steps_per_epoch)
         total_loss, seen, t0 = 0.0, 0, time.perf_counter()
         progress = Progress(
             TextColumn(f"{self.model_name} [{phase.name}] epoch {epoch + 1}"),
             BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-            console=self.console, transient=True, disable=not cfg.progress,
+            console=self.console, transient=True, disable=not (cfg.progress and self.dist.is_main),
         )
         with progress:
             task = progress.add_task("train", total=n_batches, rate="")
-            for step, batch in enumerate(self.gatherer.iterate(idx, cfg.batch_size, shuffle=True, generator=gen)):
+            for step, batch in enumerate(batches):
                 if step >= n_batches:
                     break
-                loss = phase.loss(model, batch) if phase.loss else self.loss_fn(model.score(batch), batch["label"])
+                batch = self._to_device(batch)
+                if phase.loss:
+                    loss = phase.loss(model, batch)
+                else:
+                    loss = self.loss_fn(self.net(*(batch[k] for k in model.inputs)), batch["label"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -225,20 +306,25 @@ class Trainer:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 progress.update(task, advance=1, rate=f"{rate:,.0f} samples/s")
         elapsed = time.perf_counter() - t0
+        # Loss and throughput of the whole run, over all ranks.
+        total_loss, seen, elapsed = all_reduce_sum(self.dist, [total_loss, seen, elapsed])
+        seen, elapsed = int(seen), elapsed / self.dist.world
         return {"phase": phase.name, "epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                 "samples": seen, "seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9)}
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, Any]:
         """Test metrics of the best checkpoint, written to `results.json`."""
+        barrier(self.dist)
         if (self.run_dir / "model.safetensors").exists():
             self.model.load_state_dict(load_model(self.run_dir)[0].state_dict())
         split = self.prepared.split
-        preds = predict(self.model, self.gatherer, split.test, self.cfg.eval_batch_size)
+        preds = self._predict(split.test)
         results: dict[str, Any] = {"model": self.model_name, "seed": self.cfg.seed,
                                    "test": test_report(self.prepared, preds)}
         oracle = oracle_report(self.prepared)
         if oracle is not None:
             results["oracle"] = oracle
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        if self.dist.is_main:
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
