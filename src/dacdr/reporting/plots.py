@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,6 +26,7 @@ def plot_validation_curves(histories: dict[str, list[list[dict[str, Any]]]], met
         padded = np.array([c + [c[-1]] * (n - len(c)) for c in curves])  # stopped runs hold their last value
         ax.plot(np.arange(1, n + 1), padded.mean(0), marker="o", label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"validation {metric.upper()}")
     ax.set_title("Validation curves (mean over seeds)")
     ax.grid(alpha=0.3)
