@@ -11,14 +11,13 @@ import torch
 from torch import nn
 
 from dacdr.data.features import FeatureSpec
-from dacdr.models.base import RecModel
 from dacdr.models.layers import FieldEmbeddings, mlp
-from dacdr.models.multidomain import Towers, dnn_input, dnn_input_dim, domain_slots, n_domain_slots, pick
+from dacdr.models.multidomain import TowerModel, Towers, dnn_input, dnn_input_dim, domain_slots, n_domain_slots, pick
 from dacdr.models.registry import register
 
 
 @register("MMoE")
-class MMoE(RecModel):
+class MMoE(TowerModel):
     train_on = "source+targets"
 
     def __init__(
@@ -38,12 +37,6 @@ class MMoE(RecModel):
         self.experts = nn.ModuleList(mlp([d_in, *expert], dropout, last_activation=True) for _ in range(n_experts))
         self.gates = nn.Linear(d_in, self.n_slots * n_experts)  # all domains' gates in one matmul
         self.towers = Towers(self.n_slots, [expert[-1], *tower], dropout)
-
-    def output_layer(self) -> nn.Linear:
-        return self.towers.output_layers()[0]
-
-    def output_layers(self) -> list[nn.Linear]:
-        return self.towers.output_layers()
 
     def forward(
         self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dacdr.data.features import FIRST_ID, FeatureSpec
+from dacdr.models.base import RecModel
 from dacdr.models.layers import FieldEmbeddings, masked_mean, mlp
 
 
@@ -72,3 +73,15 @@ class Towers(nn.Module):
 
     def output_layers(self) -> list[nn.Linear]:
         return [t[-1] for t in self.towers]
+
+
+class TowerModel(RecModel):
+    """A multi-domain model ending in per-domain towers (`self.towers`): its output layers are the towers'."""
+
+    towers: Towers
+
+    def output_layer(self) -> nn.Linear:
+        return self.towers.output_layers()[0]
+
+    def output_layers(self) -> list[nn.Linear]:
+        return self.towers.output_layers()

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from dacdr.data.features import FeatureSpec
-from dacdr.models.base import RecModel
 from dacdr.models.layers import FieldEmbeddings, mlp
-from dacdr.models.multidomain import Towers, dnn_input, dnn_input_dim, domain_slots, n_domain_slots
+from dacdr.models.multidomain import TowerModel, Towers, dnn_input, dnn_input_dim, domain_slots, n_domain_slots
 from dacdr.models.registry import register
 
 
@@ -56,7 +55,7 @@ class CGCLevel(nn.Module):
 
 
 @register("PLE")
-class PLE(RecModel):
+class PLE(TowerModel):
     train_on = "source+targets"
 
     def __init__(
@@ -83,12 +82,6 @@ class PLE(RecModel):
             for i in range(levels)
         )
         self.towers = Towers(self.n_slots, [expert[-1], *tower], dropout)
-
-    def output_layer(self) -> nn.Linear:
-        return self.towers.output_layers()[0]
-
-    def output_layers(self) -> list[nn.Linear]:
-        return self.towers.output_layers()
 
     def forward(
         self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor

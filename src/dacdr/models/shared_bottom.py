@@ -9,17 +9,15 @@ by the sample's domain. Trained on source and target samples.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from dacdr.data.features import FeatureSpec
-from dacdr.models.base import RecModel
 from dacdr.models.layers import FieldEmbeddings, mlp
-from dacdr.models.multidomain import Towers, dnn_input, dnn_input_dim, domain_slots, n_domain_slots
+from dacdr.models.multidomain import TowerModel, Towers, dnn_input, dnn_input_dim, domain_slots, n_domain_slots
 from dacdr.models.registry import register
 
 
 @register("Shared-Bottom")
-class SharedBottom(RecModel):
+class SharedBottom(TowerModel):
     train_on = "source+targets"
 
     def __init__(
@@ -35,12 +33,6 @@ class SharedBottom(RecModel):
         self.embeddings = FieldEmbeddings(spec, dim)
         self.bottom = mlp([dnn_input_dim(spec, dim), *bottom], dropout, last_activation=True)
         self.towers = Towers(self.n_slots, [bottom[-1], *tower], dropout)
-
-    def output_layer(self) -> nn.Linear:
-        return self.towers.output_layers()[0]
-
-    def output_layers(self) -> list[nn.Linear]:
-        return self.towers.output_layers()
 
     def forward(
         self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor
