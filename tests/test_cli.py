@@ -126,3 +126,13 @@ def test_console_script_is_installed():
 def test_unknown_preset(tmp_path, preset):
     r = runner.invoke(app, ["generate", preset, "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "tiny" in r.output
+
+
+def test_resume_refuses_a_changed_config(tmp_path, handmade_path):
+    cfg = _config(tmp_path, handmade_path)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(run)]).exit_code == 0
+    r = runner.invoke(app, ["train", str(cfg), "--out", str(run), "--set", "train.lr=0.1"])
+    assert r.exit_code == 2 and "different config" in r.output
+    r = runner.invoke(app, ["train", str(cfg), "--out", str(run), "--set", "train.lr=0.1", "--no-resume"])
+    assert r.exit_code == 0, r.output

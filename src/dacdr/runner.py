@@ -61,7 +61,13 @@ def train_run(
     prepared = prepared or prepare_data(cfg.data)
     run_dir = Path(run_dir or cfg.out or f"runs/{cfg.model.name.replace(' ', '_')}-seed{cfg.train.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    previous = run_dir / "config.yaml"
+    if resume and (run_dir / "resume").exists() and previous.exists() and previous.read_text() != config_text:
+        # Resuming under another config would silently mix two runs' weights and history.
+        raise ValueError(f"{run_dir} holds a run with a different config.yaml; resume needs the same config "
+                         "(use --no-resume to start over there, or another --out)")
+    previous.write_text(config_text)
     import torch
 
     torch.manual_seed(cfg.train.seed)
