@@ -111,3 +111,21 @@ def test_dim_must_divide_heads(handmade_prepared):
 def test_unknown_model_name(handmade_prepared):
     with pytest.raises(KeyError, match="unknown model"):
         create_model("NoSuchModel", handmade_prepared.spec)
+
+
+@pytest.mark.parametrize("name", DACDR_VARIANTS)
+@pytest.mark.parametrize("match", [True, False])
+def test_one_history_against_many_items_equals_repeated_rows(name, match, handmade_prepared, batch):
+    """Serving scores one user's history against N candidates with batch-1 user inputs; the scores must be
+    those of the history repeated on every row."""
+    torch.manual_seed(0)
+    model = create_model(name, handmade_prepared.spec, match_features=match).eval()
+    assert model.broadcasts_history
+    row = int(batch["seq_mask"].sum(1).argmax())  # a user with a long history
+    n = 9
+    one = model(batch["seq"][row : row + 1], batch["seq_mask"][row : row + 1], batch["item"][:n],
+                batch["domain"][row : row + 1])
+    repeated = model(batch["seq"][row : row + 1].expand(n, -1, -1), batch["seq_mask"][row : row + 1].expand(n, -1),
+                     batch["item"][:n], batch["domain"][row : row + 1].expand(n, -1))
+    assert one.shape == (n,)
+    torch.testing.assert_close(one, repeated, atol=1e-6, rtol=1e-5)

@@ -21,6 +21,10 @@ class RecModel(nn.Module):
     train_on: ClassVar[str] = "targets"
     """default training samples: 'targets' or 'source+targets'"""
 
+    broadcasts_history: ClassVar[bool] = False
+    """True when `forward` also accepts one user's `seq`, `seq_mask` and `domain` (batch 1) against N items,
+    giving the scores of the rows repeated N times with the history embedded and projected once (serving)."""
+
     inputs: ClassVar[tuple[str, ...]] = ("seq", "seq_mask", "item", "domain")
     """batch keys passed positionally to `forward`; a model that needs user ids (CMF, EMCDR) adds "user"
     (the user vocabulary index, `Batch["user"]`). Export and serving read this tuple."""

@@ -33,6 +33,7 @@ class DACDR(RecModel):
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
     # each with its own domain tokens E_d; `train.train_on: targets` restricts it to target samples.
     train_on = "source+targets"
+    broadcasts_history = True
 
     def __init__(
         self,
@@ -101,14 +102,18 @@ class DACDR(RecModel):
         self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor
     ) -> torch.Tensor:
         parts = self.attend(seq, seq_mask, item, domain)
-        b = seq.shape[0]
-        enc_in = [parts["E_d"].reshape(b, -1)]
+        b = item.shape[0]  # user-side inputs may have batch 1 (one user, b candidates): expand is then free
+
+        def flat(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(t.shape[0], -1).expand(b, -1)
+
+        enc_in = [flat(parts["E_d"])]
         if "H_d" in parts:
-            enc_in.append(parts["H_d"].reshape(b, -1))
+            enc_in.append(flat(parts["H_d"]))
         if "H_i" in parts:
-            enc_in.append(parts["H_i"].reshape(b, -1))
+            enc_in.append(flat(parts["H_i"]))
         if "pooled" in parts:
-            enc_in.append(parts["pooled"])
+            enc_in.append(flat(parts["pooled"]))
         user = self.encoder(torch.cat(enc_in, dim=1))
         pred_in = [user, parts["E_i"].reshape(b, -1)]
         if self.match_features:

@@ -69,10 +69,10 @@ class CrossAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """query [B, m, k], keys [B, L, k], mask [B, L] bool, log_prior [B, L] -> ([B, m, k], [B, h, m, L])."""
         b, m, k = query.shape
-        length = keys.shape[1]
+        kb, length = keys.shape[0], keys.shape[1]  # kb may be 1 against b queries: keys are then broadcast
         q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
-        kk = self.w_k(keys).view(b, length, self.heads, self.head_dim).transpose(1, 2)
-        v = self.w_v(keys).view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
+        v = self.w_v(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
         logits = q @ kk.transpose(-1, -2) / math.sqrt(self.head_dim)
         if log_prior is not None:
             logits = logits + log_prior[:, None, None, :]

@@ -29,6 +29,8 @@ class TorchEngine:
 
     def __init__(self, pkg: ModelPackage):
         self.model = pkg.model.eval()
+        self.broadcasts_history = pkg.model.broadcasts_history
+        """a one-user request may pass its history once (batch 1) for all its items"""
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():

@@ -132,10 +132,16 @@ class Scorer:
                 mask[u, length - n:] = True
         row_user = np.repeat(np.arange(n_users), counts)
         items = np.concatenate(item_idx)
+        if n_users == 1 and getattr(self.engine, "broadcasts_history", False):
+            # One user: her history and domain once, broadcast by the model over the items (same scores).
+            row_user = np.zeros(1, dtype=np.int64)
+            counts_for_rows = [1]
+        else:
+            counts_for_rows = counts
         inputs = {
             "seq": seq[row_user], "seq_mask": mask[row_user],
             "item": self.pkg.item_table[items],
-            "domain": self.pkg.domain_table[np.repeat(np.asarray(domain_rows, dtype=np.int64), counts)],
+            "domain": self.pkg.domain_table[np.repeat(np.asarray(domain_rows, dtype=np.int64), counts_for_rows)],
         }
         if "user" in self.pkg.model.inputs:
             users = np.array([self.user_vocab.lookup(q.user_id) if self.user_vocab else OOV for q in queries])
