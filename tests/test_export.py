@@ -55,6 +55,26 @@ def test_onnx_matches_eager(package):
         assert np.abs(got - want).max() <= 1e-5
 
 
+@pytest.mark.parametrize("empty", [False, True])
+def test_onnx_one_history_against_many_items(package, empty):
+    """The exported graph takes one user's history (batch 1) for N items, like the eager model."""
+    pkg = load_package(package)
+    model = pkg.model
+    assert model.broadcasts_history
+    session = ort.InferenceSession(onnx_bytes(model), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "users"
+    gen = torch.Generator().manual_seed(11)
+    user = random_inputs(model.spec, 1, 6, gen, empty_rows=(0,) if empty else ())
+    items = random_inputs(model.spec, 13, 6, gen)["item"]
+    inputs = {"seq": user["seq"], "seq_mask": user["seq_mask"], "item": items, "domain": user["domain"]}
+    with torch.no_grad():
+        want = model(user["seq"].expand(13, -1, -1), user["seq_mask"].expand(13, -1), items,
+                     user["domain"].expand(13, -1)).numpy()
+    got = session.run(["score"], {k: v.numpy() for k, v in inputs.items()})[0]
+    assert got.shape == (13,)
+    assert np.abs(got - want).max() <= 1e-5
+
+
 def test_torchscript_matches_eager(package, tmp_path):
     pkg = load_package(package)
     model = pkg.model
@@ -74,7 +94,8 @@ def test_export_package_writes_files_with_a_version_sidecar(package, tmp_path):
     assert onnx_path == package / "model.onnx"
     side = json.loads((package / "model.onnx.json").read_text())
     assert side["package_version"] == pkg.version
-    assert side["dynamic_axes"]["seq"] == {"0": "batch", "1": "length"}
+    assert side["dynamic_axes"]["seq"] == {"0": "users", "1": "length"}  # DACDR broadcasts one history
+    assert side["dynamic_axes"]["item"] == {"0": "batch"}
     assert exported_onnx_for(pkg) == onnx_path.read_bytes()
     # An export made from another package version is not served.
     (package / "model.onnx.json").write_text(json.dumps(side | {"package_version": "other"}))

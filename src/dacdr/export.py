@@ -39,9 +39,11 @@ def example_inputs(model: RecModel, batch: int = 2, length: int = 3) -> dict[str
     return {k: tensors[k] for k in model.inputs}
 
 
-def _dynamic_axes(names: tuple[str, ...]) -> dict[str, dict[int, str]]:
-    axes = {"seq": {0: "batch", 1: "length"}, "seq_mask": {0: "batch", 1: "length"}, "item": {0: "batch"},
-            "domain": {0: "batch"}, "user": {0: "batch"}}
+def _dynamic_axes(names: tuple[str, ...], broadcast: bool = False) -> dict[str, dict[int, str]]:
+    """Dynamic axes; with `broadcast` the user-side inputs get their own batch axis, "users" (1 or "batch")."""
+    users = "users" if broadcast else "batch"
+    axes = {"seq": {0: users, 1: "length"}, "seq_mask": {0: users, 1: "length"}, "item": {0: "batch"},
+            "domain": {0: users}, "user": {0: "batch"}}
     return {n: axes[n] for n in names} | {"score": {0: "batch"}}
 
 
@@ -55,7 +57,7 @@ def onnx_bytes(model: RecModel) -> bytes:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model, tuple(inputs.values()), buf, dynamo=False, input_names=list(inputs), output_names=["score"],
-            dynamic_axes=_dynamic_axes(tuple(inputs)), opset_version=ONNX_OPSET,
+            dynamic_axes=_dynamic_axes(tuple(inputs), model.broadcasts_history), opset_version=ONNX_OPSET,
         )
     return buf.getvalue()
 
@@ -82,7 +84,7 @@ def export_package(package_dir: str | Path, fmt: Format, out: str | Path | None 
     else:
         torchscript_module(pkg.model).save(str(out))
     sidecar = {"format": fmt, "package_version": pkg.version, "inputs": list(pkg.model.inputs),
-               "dynamic_axes": _dynamic_axes(tuple(pkg.model.inputs))}
+               "dynamic_axes": _dynamic_axes(tuple(pkg.model.inputs), pkg.model.broadcasts_history)}
     out.with_name(out.name + ".json").write_text(json.dumps(sidecar, indent=1))
     return out
 

@@ -55,6 +55,9 @@ class OnnxEngine:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        # Graphs exported with a separate "users" axis take one history for all items (older ones do not).
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.broadcasts_history = shapes.get("seq", [None])[0] == "users"
         self.task = pkg.spec.task
         self.label_range = pkg.spec.label_range
 
