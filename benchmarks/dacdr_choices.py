@@ -45,7 +45,7 @@ def main() -> None:
     model = create_model(args.model, prepared.spec, **json.loads(args.params))
     cfg = TrainConfig(**({"epochs": 2, "patience": 10, "progress": False} | json.loads(args.train)))
     trainer = Trainer(prepared, model, args.model, cfg, tempfile.mkdtemp())
-    trainer.log = lambda msg: None
+    trainer.log = lambda *a, **kw: None
     train_epoch = trainer._train_epoch
 
     def epoch_and_report(*a, **kw):

@@ -17,10 +17,8 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from dacdr.config import TrainConfig
 from dacdr.data.batches import BatchGatherer
 from dacdr.data.samples import prepare_cached
 from dacdr.data.synthetic import generate

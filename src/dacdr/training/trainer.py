@@ -91,11 +91,12 @@ class Trainer:
         self.loss_fn = torch.nn.BCEWithLogitsLoss() if self.task == "ctr" else torch.nn.MSELoss()
 
     # ----------------------------------------------------------------- helpers
-    def log(self, msg: str) -> None:
+    def log(self, msg: str, detail: str | None = None) -> None:
+        """`msg` to the console (when progress is on) and the run's log; `detail`, if given, to the log instead."""
         if not self.dist.is_main:
             return
         with open(self.run_dir / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {detail or msg}\n")
         if self.cfg.progress:
             self.console.print(msg)
 
@@ -204,7 +205,8 @@ class Trainer:
             self.log(f"resuming {self.model_name} at phase {state['phase']} epoch {state['epoch']}")
         if state.get("done"):
             return state["history"]
-        self.log(table_memory_report(self.model))
+        report = table_memory_report(self.model)
+        self.log(report.splitlines()[-1], detail=report)
         phases = self.phases()
         for p_i in range(state["phase"], len(phases)):
             phase = phases[p_i]
