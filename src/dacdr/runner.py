@@ -30,6 +30,10 @@ def prepare_data(data: DataConfig, split_seed: int = 0, data_root: str | Path = 
     if data.streaming:  # out of core: a StreamingData, which the Trainer streams (docs/scaling.md)
         from dacdr.data.streaming import prepare_streaming
 
+        if data.sequence_cutoff != "before":
+            raise ValueError("data.sequence_cutoff: the streaming pipeline builds leak-free sequences only "
+                             "('before'); use data.streaming: false for 'all'")
+
         return prepare_streaming(  # type: ignore[return-value]
             dataset_path(data, data_root), data.cache_dir, max_len=data.max_len, protocol=data.protocol,
             valid_share=data.valid_share, cold_start_share=data.cold_start_share,
@@ -45,6 +49,7 @@ def prepare_data(data: DataConfig, split_seed: int = 0, data_root: str | Path = 
         cold_start_share=data.cold_start_share,
         source_sample_rate=data.source_sample_rate,
         seed=split_seed,
+        sequence_cutoff=data.sequence_cutoff,
         **data.embedding_limits(),
     )
 

@@ -134,3 +134,17 @@ def test_corrupt_cache_is_rebuilt(handmade_path, tmp_path):
 def test_unknown_protocol(handmade_path):
     with pytest.raises(ValueError, match="unknown protocol"):
         prepare(load_dataset(handmade_path), protocol="nope")
+
+
+def test_run_config_sequence_cutoff_reaches_the_sample_builder(handmade_path, tmp_path):
+    """`dacdr train` / `dacdr evaluate` build the split the config asks for, PTUPCDR's whole-history mode too."""
+    from dacdr.config import DataConfig
+    from dacdr.runner import prepare_data
+
+    before = prepare_data(DataConfig(path=str(handmade_path), max_len=8, cache_dir=str(tmp_path)))
+    whole = prepare_data(DataConfig(path=str(handmade_path), max_len=8, cache_dir=str(tmp_path),
+                                    sequence_cutoff="all"))
+    assert (whole.samples["seq_end"] >= before.samples["seq_end"]).all()
+    assert (whole.samples["seq_end"] > before.samples["seq_end"]).any()
+    with pytest.raises(ValueError, match="sequence_cutoff"):
+        prepare_data(DataConfig(path=str(handmade_path), streaming=True, sequence_cutoff="all"))
