@@ -37,7 +37,8 @@ from dacdr.reporting.summary import build_metrics, markdown_tables
 from dacdr.runner import train_run
 
 # The rows of the paper's Table 2, in its order.
-BASELINES = ["DNN-single", "CMF", "SSCDR", "EMCDR", "PTUPCDR", "DNN-multi", "Shared-Bottom", "MMoE", "PLE", "STAR"]
+BASELINES = ["DNN-single", "CMF", "SSCDR", "EMCDR", "PTUPCDR", "TMCDR", "DNN-multi", "Shared-Bottom", "MMoE", "PLE",
+             "STAR"]
 DACDR_VARIANTS = ["DACDR", "DACDR w/o DA", "DACDR w/o IA", "DACDR w/o DA&IA"]
 PAPER_ORDER = BASELINES + DACDR_VARIANTS
 

@@ -11,6 +11,7 @@ from dacdr.models import ptupcdr as _ptupcdr  # noqa: F401
 from dacdr.models import shared_bottom as _shared_bottom  # noqa: F401
 from dacdr.models import sscdr as _sscdr  # noqa: F401
 from dacdr.models import star as _star  # noqa: F401
+from dacdr.models import tmcdr as _tmcdr  # noqa: F401
 from dacdr.models.base import RecModel
 from dacdr.models.registry import create_model, get_entry, model_names, register
 
