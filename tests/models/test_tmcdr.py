@@ -127,3 +127,29 @@ def test_inference_maps_the_source_embedding(handmade_prepared, meta_batch):
         model.source_user.weight.normal_()
     assert not torch.allclose(model.score(meta_batch), before)
     assert np.isfinite(before.detach().numpy()).all()
+
+
+def test_rating_task_trains_with_the_squared_error(tmp_path):
+    """On a rating dataset (one target) the meta loss is the MSE of the deployed forward, and the staged
+    run goes through the trainer end to end."""
+    from dacdr.config import TrainConfig
+    from dacdr.data.dataset import load_dataset
+    from dacdr.data.samples import prepare
+    from dacdr.training.trainer import Trainer
+    from tests.test_ptupcdr_export import write_amazon_pair
+
+    prepared = prepare(load_dataset(write_amazon_pair(tmp_path / "raw")), protocol="users",
+                       cold_start_share=0.5, seed=900, max_len=8)
+    assert prepared.spec.task == "rating" and len(prepared.spec.target_domains) == 1
+    model = meta_phase(build(prepared, tasks_per_batch=1, inner_lr=0.0))
+    rows = overlapping_rows(prepared, prepared.split.train_target)
+    batch = BatchGatherer(prepared).gather(rows)
+    torch.manual_seed(0)
+    ((_, query),) = model.split_tasks(batch["user"])
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.meta_loss(model, batch),
+                               torch.nn.functional.mse_loss(model.score(batch)[query], batch["label"][query]))
+    cfg = TrainConfig(epochs=2, batch_size=32, max_steps_per_epoch=3, progress=False, num_threads=1)
+    history = Trainer(prepared, build(prepared), "TMCDR", cfg, tmp_path / "run").fit()
+    meta = [h["loss"] for h in history if h["phase"] == "meta"]
+    assert meta and np.isfinite(meta).all()
