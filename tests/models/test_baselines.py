@@ -183,12 +183,13 @@ def test_save_load_round_trip_through_the_registry(name, handmade_prepared, batc
 
 @pytest.mark.parametrize("name", NEW_MODELS)
 def test_short_training_beats_a_constant_predictor(name, tiny_prepared, tmp_path):
-    """A few hundred steps on the tiny world: better than predicting the base rate on the test set."""
+    """About a hundred steps per phase on the tiny world: better than predicting the base rate on the test set."""
     model = build(name, tiny_prepared, dim=16)
-    # A high rate so that a few hundred steps suffice; PTUPCDR's k x k meta decoder overfits the overlapping users
+    # A high rate so that a hundred steps suffice; PTUPCDR's k x k meta decoder overfits the overlapping users
     # at that rate (over-confident, worse LogLoss than the base rate), so it keeps the default.
     lr = 2e-3 if name == "PTUPCDR" else 1e-2
-    cfg = TrainConfig(epochs=4, batch_size=256, max_steps_per_epoch=50, lr=lr, patience=1, progress=False, seed=0)
+    # Two epochs, not four: every bar below held at both (measured), in half the time.
+    cfg = TrainConfig(epochs=2, batch_size=256, max_steps_per_epoch=50, lr=lr, patience=1, progress=False, seed=0)
     trainer = Trainer(tiny_prepared, model, name, cfg, tmp_path)
     history = trainer.fit()
     s, split = tiny_prepared.samples, tiny_prepared.split
@@ -196,12 +197,12 @@ def test_short_training_beats_a_constant_predictor(name, tiny_prepared, tmp_path
     labels = s["label"][split.test]
     constant = metrics.logloss(labels, np.full(len(labels), s["label"][split.train_target].mean()))
     id_bridge = name in ("EMCDR", "SSCDR", "TMCDR")
-    # The bridges from a source *id* embedding transfer little after a few hundred steps on this small world
+    # The bridges from a source *id* embedding transfer little after a hundred steps on this small world
     # (their mapped users stay close to the mean, so mostly item popularity ranks): a lower AUC bar. EMCDR's and
     # SSCDR's bridges are fitted to embeddings, not to the task loss, so their probabilities are not calibrated;
-    # TMCDR's meta network fits the task loss on ~440 overlapping users and lands at the base rate's LogLoss
-    # (0.318-0.336 against 0.320 across lr 2e-3-1e-2): the LogLoss bar does not apply to these three, and the
-    # bridge / meta stage's own loss must fall instead.
+    # TMCDR's meta network fits the task loss on ~440 overlapping users and lands at or above the base rate's
+    # LogLoss (0.319-0.355 against 0.320 in the runs tried: lr 2e-3-1e-2, 2-8 epochs): the LogLoss bar does not
+    # apply to these three, and the bridge / meta stage's own loss must fall instead.
     assert metrics.auc(labels, preds) > (0.52 if id_bridge else 0.55)
     if not id_bridge:
         assert metrics.logloss(labels, preds) < constant
