@@ -8,8 +8,9 @@ SIGIR 2021).
    with the task-oriented loss (the prediction loss of `f_θ(u_s)` against the pre-trained target items on
    the user's target rows), by MAML: each task is a group of overlapping users split into a support and a
    query part; an inner gradient step on the support loss gives fast weights
-   `θ' = θ − α ∇_θ L_support(θ)`, and the query loss under `θ'`, summed over the tasks, updates the
-   initial weights `θ` (second order by default; `first_order=True` drops the Hessian term).
+   `θ' = θ − α ∇_θ L_support(θ)`, and the query loss under `θ'`, over the tasks, updates the initial
+   weights `θ` (second order by default; `first_order=True` drops the Hessian term). The paper sums the
+   tasks' query losses; the mean is used here so the outer step size does not grow with `tasks_per_batch`.
 
 Inference: the mapped source embedding `f_θ(u_s)` for every user, as EMCDR (a cold-start user has no
 target rows to adapt on, so the learnt initial weights are the deployed ones, as in the paper).
