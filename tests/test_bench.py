@@ -22,6 +22,7 @@ from dacdr.bench import (
 )
 from dacdr.cli import app
 from dacdr.config import TrainConfig
+from dacdr.data.synthetic import get_preset
 
 
 def test_paired_test_matches_the_textbook_formula():
@@ -56,8 +57,23 @@ def test_table2_rows_follow_the_paper_with_the_oracle_first():
 def test_quick_settings_are_smaller_than_the_full_run():
     quick, full = bench_settings(quick=True), bench_settings(seeds=3)
     assert quick.seeds == 1 and full.seeds == 3
-    assert quick.train.max_steps_per_epoch * quick.train.epochs < full.train.max_steps_per_epoch * full.train.epochs
-    assert quick.preset_overrides.get("n_users", 10**9) < 50_000
+    assert full.train.max_steps_per_epoch is None  # the full run: whole epochs, the same for every model
+    assert quick.train.max_steps_per_epoch * quick.train.epochs * quick.train.batch_size < 100_000
+    assert quick.preset_overrides["n_users"] < get_preset("industrial").n_users
+
+
+def test_parallel_jobs_give_the_same_reports(tmp_path):
+    """`jobs=2` trains in two worker processes; every (model, seed) run still lands in its own place."""
+    settings = BenchSettings(
+        preset="tiny", seeds=2, dim=8, max_len=20, jobs=2,
+        train=TrainConfig(epochs=1, max_steps_per_epoch=3, batch_size=256, patience=0, progress=False),
+    )
+    metrics = run_bench(tmp_path / "bench", settings, models=["CMF", "DACDR w/o DA&IA"], console=Console(quiet=True))
+    for name in ("CMF", "DACDR w/o DA&IA"):
+        for seed in (0, 1):
+            run = json.loads((tmp_path / "bench" / "runs" / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
+                              / "results.json").read_text())
+            assert run["test"]["cold"]["target_1"]["auc"] == metrics["per_seed_cold_auc"][name]["target_1"][seed]
 
 
 def test_run_bench_writes_every_report(tmp_path):

@@ -20,7 +20,8 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="1 seed, smaller world, few steps: a few minutes")] = False,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("bench-out"),
     models: Annotated[str | None, typer.Option(help="comma-separated subset of models (default: all rows)")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads with --jobs 1 (default: all cores)")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="runs at once, one process and one torch thread each")] = 2,
 ) -> None:
     """Train every Table 2 model on identical data per seed; write table.md, results.csv, metrics.json, a PNG."""
     import torch
@@ -30,4 +31,4 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    run_bench(out, bench_settings(preset, seeds=seeds, quick=quick), models=names, console=console)
+    run_bench(out, bench_settings(preset, seeds=seeds, quick=quick, jobs=jobs), models=names, console=console)
