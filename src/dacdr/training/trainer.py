@@ -250,7 +250,7 @@ class Trainer:
                 state["epoch"] += 1
                 if phase.early_stopping:
                     score, vm = self.validation_score()
-                    record |= {f"valid_{k}": v for k, v in vm.items()}
+                    record |= {f"valid_{k}": v for k, v in vm.items()} | {"valid_score": score}
                     improved = self._better(score, state["best"])
                     if improved:
                         state["best"], state["bad_epochs"] = score, 0
