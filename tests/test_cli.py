@@ -136,3 +136,14 @@ def test_resume_refuses_a_changed_config(tmp_path, handmade_path):
     assert r.exit_code == 2 and "different config" in r.output
     r = runner.invoke(app, ["train", str(cfg), "--out", str(run), "--set", "train.lr=0.1", "--no-resume"])
     assert r.exit_code == 0, r.output
+
+
+def test_resume_accepts_a_config_written_before_a_new_default_field(tmp_path, handmade_path):
+    """A run's config.yaml from an older dacdr lacks fields added since; they count as their defaults."""
+    cfg = _config(tmp_path, handmade_path)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(run)]).exit_code == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["train"]["device"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(run)]).exit_code == 0

@@ -91,6 +91,10 @@ class TrainConfig(_Strict):
     patience: int = Field(2, ge=0, description="epochs without validation improvement before stopping")
     seed: int = 0
     num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="single-process training device; 'auto': CUDA when available (a distributed run "
+        "places each rank itself)"
+    )
     train_on: Literal["targets", "source+targets"] | None = Field(
         None, description="which domains' samples to train on; default: the model's own choice"
     )

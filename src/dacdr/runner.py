@@ -54,6 +54,15 @@ def prepare_data(data: DataConfig, split_seed: int = 0, data_root: str | Path = 
     )
 
 
+def _same_config(path: Path, cfg: RunConfig) -> bool:
+    """Whether `path` (a run's config.yaml) describes `cfg`; fields added since it was written count as their
+    defaults, so a newer dacdr still resumes an older run."""
+    try:
+        return RunConfig.model_validate(yaml.safe_load(path.read_text())) == cfg
+    except (ValueError, yaml.YAMLError):
+        return False
+
+
 def train_run(
     cfg: RunConfig,
     prepared: PreparedData | None = None,
@@ -68,7 +77,7 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
     previous = run_dir / "config.yaml"
-    if resume and (run_dir / "resume").exists() and previous.exists() and previous.read_text() != config_text:
+    if resume and (run_dir / "resume").exists() and previous.exists() and not _same_config(previous, cfg):
         # Resuming under another config would silently mix two runs' weights and history.
         raise ValueError(f"{run_dir} holds a run with a different config.yaml; resume needs the same config "
                          "(use --no-resume to start over there, or another --out)")

@@ -124,3 +124,13 @@ def test_weights_load_without_pickle(handmade_prepared, tmp_path):
     assert int.from_bytes(head, "little") > 0  # a safetensors header length, not a pickle opcode
     blob = torch.load(tmp_path / "resume" / "optimizer.pt", weights_only=True)
     assert "optimizer" in blob
+
+
+def test_device_choice(handmade_prepared, tmp_path):
+    from dacdr.training.trainer import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            _trainer(handmade_prepared, tmp_path, device="cuda")

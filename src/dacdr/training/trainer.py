@@ -7,6 +7,7 @@ state and counters, to continue after an interruption) and `results.json` (test 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -61,6 +62,16 @@ class Phase:
     """learning rate of this phase; None: the config's"""
 
 
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' (an error when no GPU is visible) or 'auto' (CUDA when available)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but torch sees no CUDA device (torch "
+                         f"{torch.__version__}, built with CUDA {torch.version.cuda}); use 'cpu' or 'auto'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 class Trainer:
     def __init__(
         self,
@@ -77,6 +88,8 @@ class Trainer:
         self.console = console or Console(stderr=True)
         # Distributed (DDP) when launched by torchrun / `dacdr train --nproc`: rank 0 alone writes files.
         self.dist: DistContext = current()
+        if not self.dist.distributed:
+            self.dist = dataclasses.replace(self.dist, device=resolve_device(cfg.device))
         self.stream = prepared if isinstance(prepared, StreamingData) else None
         if self.stream is not None:
             # Training samples stay on disk and are streamed; validation/test rows (a small share) are here.
