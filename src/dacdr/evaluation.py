@@ -16,7 +16,9 @@ def predict(model: RecModel, gatherer: BatchGatherer, indices: np.ndarray, batch
     """Predictions (click probabilities or clamped ratings) for the samples `indices`, in order."""
     was_training = model.training
     model.eval()
-    out = [model.predict(model.score(b)).float().numpy() for b in gatherer.iterate(indices, batch_size)]
+    device = next(model.parameters()).device
+    out = [model.predict(model.score(b if device.type == "cpu" else {k: v.to(device) for k, v in b.items()}))
+           .float().cpu().numpy() for b in gatherer.iterate(indices, batch_size)]
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 

@@ -22,6 +22,8 @@ def bench(
     models: Annotated[str | None, typer.Option(help="comma-separated subset of models (default: all rows)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads with --jobs 1 (default: all cores)")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="runs at once, one process and one torch thread each")] = 2,
+    epochs: Annotated[int | None, typer.Option(min=1, help="epochs per phase instead of the budget's 2 "
+                                                "(early stopping still applies)")] = None,
 ) -> None:
     """Train every Table 2 model on identical data per seed; write table.md, results.csv, metrics.json, a PNG."""
     import torch
@@ -31,4 +33,7 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    run_bench(out, bench_settings(preset, seeds=seeds, quick=quick, jobs=jobs), models=names, console=console)
+    settings = bench_settings(preset, seeds=seeds, quick=quick, jobs=jobs)
+    if epochs:
+        settings.train = settings.train.model_copy(update={"epochs": epochs})
+    run_bench(out, settings, models=names, console=console)
