@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from dacdr import metrics
 from dacdr.config import TrainConfig
@@ -134,3 +135,17 @@ def test_device_choice(handmade_prepared, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             _trainer(handmade_prepared, tmp_path, device="cuda")
+
+
+def test_validation_selects_on_the_mean_of_per_target_aucs(tiny_prepared, tmp_path):
+    """With several targets, pooled AUC would also reward the targets' base rates; selection uses the mean of
+    the per-target AUCs (computed here with the reference metric)."""
+    trainer = _trainer(tiny_prepared, tmp_path, "DNN-multi")
+    score, vm = trainer.validation_score()
+    idx = tiny_prepared.split.valid
+    preds = predict(trainer.model, trainer.gatherer, idx)
+    labels, domains = tiny_prepared.samples["label"][idx], tiny_prepared.samples["domain"][idx]
+    per_target = [roc_auc_score(labels[domains == d], preds[domains == d]) for d in np.unique(domains)]
+    assert len(per_target) == 3
+    assert score == pytest.approx(np.mean(per_target), abs=1e-9) == vm["auc_domain_mean"]
+    assert vm["auc"] == pytest.approx(roc_auc_score(labels, preds), abs=1e-9)
