@@ -46,12 +46,11 @@ class DACDR(RecModel):
         predictor_hidden: tuple[int, ...] = (128, 64),
         dropout: float = 0.0,
         match_features: bool = True,
-        history_mean: bool = False,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
             encoder_hidden=list(encoder_hidden), predictor_hidden=list(predictor_hidden), dropout=dropout,
-            match_features=match_features, history_mean=history_mean,
+            match_features=match_features,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -65,11 +64,7 @@ class DACDR(RecModel):
         enc_in = m * dim
         enc_in += m * dim if self.use_da else 0
         enc_in += n * dim if self.use_ia else 0
-        # (extension, off by default; docs/results.md) softmax attention returns a weighted *average*, which
-        # says what the relevant behaviours are but not how much of the history they are; the plain mean of
-        # the sequence keeps those proportions.
-        self.history_mean = history_mean and variant != "pool"
-        enc_in += dim if variant == "pool" or self.history_mean else 0
+        enc_in += dim if variant == "pool" else 0
         self.encoder = mlp([enc_in, *encoder_hidden, user_dim], dropout, last_activation=True)
         # (choice, measured in docs/models.md) The predictor also sees the element-wise product of each
         # candidate token with what the history offers for it (H_i, or the pooled / domain-level summary in the
@@ -99,7 +94,7 @@ class DACDR(RecModel):
         if self.item_attention is not None:
             h_i, a_i = self.item_attention(e_i, s, seq_mask, log_prior)
             out |= {"H_i": h_i, "A_i": a_i}
-        if self.variant == "pool" or self.history_mean:
+        if self.variant == "pool":
             out["pooled"] = masked_mean(s, seq_mask)
         return out
 
@@ -124,7 +119,7 @@ class DACDR(RecModel):
         if self.match_features:
             offered = parts.get("H_i")
             if offered is None:  # no item-level step: the history as a whole, per candidate token
-                summary = parts["pooled"] if self.variant == "pool" else parts["H_d"].mean(1)
+                summary = parts["pooled"] if "pooled" in parts else parts["H_d"].mean(1)
                 offered = summary.unsqueeze(1).expand_as(parts["E_i"])
             pred_in.append((offered * parts["E_i"]).reshape(b, -1))
         return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
@@ -133,4 +128,3 @@ class DACDR(RecModel):
 register("DACDR w/o DA", DACDR, variant="no_da")
 register("DACDR w/o IA", DACDR, variant="no_ia")
 register("DACDR w/o DA&IA", DACDR, variant="pool")
-register("DACDR +mean", DACDR, history_mean=True)
