@@ -99,7 +99,7 @@ def test_rating_experiment_end_to_end(pair, tmp_path):
     assert again["scenarios"]["beta=50%"]["models"] == scen["models"]
 
 
-def test_ranking_experiment_quick(tmp_path):
+def test_ranking_experiment_quick(tmp_path, monkeypatch):
     files = write_cdrib(tmp_path / "raw")
     raw = {
         "name": "tiny-cdrib",
@@ -118,6 +118,20 @@ def test_ranking_experiment_quick(tmp_path):
     assert set(scen["models"]["DNN-multi"]["video"]) == {"mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10"}
     assert scen["runs"]["DNN-multi"][0]["test"]["video"]["n"] == 3
     assert "NDCG@10" in (tmp_path / "out" / "table.md").read_text()
+    # a rerun reuses each finished run's ranking (same checkpoint, same candidates) instead of scoring again
+    import dacdr.ranking
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a finished run was ranked again")
+
+    monkeypatch.setattr(dacdr.ranking, "ranking_report", no_scoring)
+    again = run_experiment(load_experiment(tmp_path / "c.yaml"), tmp_path / "out", quick=True)
+    assert again["scenarios"]["published split"]["models"] == scen["models"]
+    # other candidates (a changed ranking config) are scored again
+    raw["ranking"]["negatives"] = 5
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(AssertionError, match="ranked again"):
+        run_experiment(load_experiment(tmp_path / "c.yaml"), tmp_path / "out", quick=True)
 
 
 def test_config_errors_name_the_field(pair, tmp_path):

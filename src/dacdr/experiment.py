@@ -263,11 +263,18 @@ def run_experiment(
                 result = train_run(run_cfg, prepared=prepared, run_dir=run_dir, console=console)
                 if cfg.is_ranking:
                     assert cfg.ranking is not None
-                    model, _ = load_model(run_dir)
-                    rank = ranking_report(model, prepared, candidates=candidates,
-                                          indices=prepared.split.test[prepared.samples["label"][prepared.split.test] > 0])
-                    result["test"] = {"cold": rank, "all": rank}
-                    (run_dir / "ranking.json").write_text(json.dumps(result["test"], indent=1))
+                    ranked, key = run_dir / "ranking.json", cfg.ranking.model_dump()
+                    saved = json.loads(ranked.read_text()) if ranked.exists() else {}
+                    if saved.get("candidates") == key and \
+                            ranked.stat().st_mtime >= (run_dir / "model.safetensors").stat().st_mtime:
+                        # a resumed experiment: this checkpoint was ranked against these candidates already
+                        result["test"] = {"cold": saved["cold"], "all": saved["all"]}
+                    else:
+                        model, _ = load_model(run_dir)
+                        rank = ranking_report(model, prepared, candidates=candidates, indices=prepared.split.test[
+                            prepared.samples["label"][prepared.split.test] > 0])
+                        result["test"] = {"cold": rank, "all": rank}
+                        ranked.write_text(json.dumps(result["test"] | {"candidates": key}, indent=1))
                 result["seconds"] = round(time.perf_counter() - t_run, 1)
                 runs[name].append(result)
                 histories[name].append(result.get("history", []))
