@@ -3,6 +3,10 @@
 A run directory holds everything about a run: `config.yaml`, `log.txt`, `history.json` (one line of
 validation metrics per epoch), the best model (`model.safetensors` + `model.json`), `resume/` (optimizer
 state and counters, to continue after an interruption) and `results.json` (test metrics).
+
+The best epoch is the one with the best validation score (`valid_score` in `history.json`): RMSE for ratings;
+for clicks the mean of the per-target AUCs when several targets are validated (a pooled AUC would also reward
+learning the targets' base rates), else the AUC.
 """
 
 from __future__ import annotations
