@@ -53,12 +53,26 @@ def test_report(prepared: PreparedData, preds: np.ndarray) -> dict[str, dict[str
     }
 
 
-def oracle_report(prepared: PreparedData) -> dict[str, dict[str, dict[str, float]]] | None:
-    """The same report for the true click probability (synthetic data): the ceiling."""
-    p = prepared.samples.get("p_true")
+# Reference scores of a synthetic world, by the key they are reported under (docs/synthetic.md).
+REFERENCES = {"oracle": "p_true", "oracle_transferable": "p_transferable", "plugin": "p_plugin"}
+
+
+def oracle_report(
+    prepared: PreparedData, column: str = "p_true"
+) -> dict[str, dict[str, dict[str, float]]] | None:
+    """The same report for a reference probability column (synthetic data): by default the true click
+    probability, the ceiling; None when the column is absent or incomplete on the test split."""
+    p = prepared.samples.get(column)
     if p is None or prepared.spec.task != "ctr":
         return None
     test_p = p[prepared.split.test]
     if np.isnan(test_p).any():
         return None
     return test_report(prepared, test_p)
+
+
+def reference_reports(prepared: PreparedData) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Every reference the data carries: `oracle` (true p), `oracle_transferable` (the ceiling reachable from
+    the source domain) and `plugin` (the zero-parameter histogram plug-in)."""
+    reports = {key: oracle_report(prepared, column) for key, column in REFERENCES.items()}
+    return {key: r for key, r in reports.items() if r is not None}

@@ -13,6 +13,7 @@ from dacdr.models import create_model, model_names
 from dacdr.models.layers import CrossAttention
 
 DACDR_VARIANTS = ["DACDR", "DACDR w/o DA", "DACDR w/o IA", "DACDR w/o DA&IA"]
+ALL_VARIANTS = [*DACDR_VARIANTS, "DACDR (paper)"]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_registry_has_dacdr_variants_and_dnn_multi():
     assert set(DACDR_VARIANTS + ["DNN-multi"]) <= set(model_names())
 
 
-@pytest.mark.parametrize("name", DACDR_VARIANTS + ["DNN-multi"])
+@pytest.mark.parametrize("name", ALL_VARIANTS + ["DNN-multi"])
 def test_output_shape_and_finite(name, handmade_prepared, batch):
     torch.manual_seed(0)
     model = create_model(name, handmade_prepared.spec).eval()
@@ -34,7 +35,7 @@ def test_output_shape_and_finite(name, handmade_prepared, batch):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", DACDR_VARIANTS + ["DNN-multi"])
+@pytest.mark.parametrize("name", ALL_VARIANTS + ["DNN-multi"])
 def test_empty_history_gives_finite_output_and_gradients(name, handmade_prepared, batch):
     torch.manual_seed(0)
     model = create_model(name, handmade_prepared.spec)
@@ -59,16 +60,108 @@ def test_masked_positions_do_not_matter(name, handmade_prepared, batch):
     torch.testing.assert_close(model.score(batch), model.score(noisy))
 
 
-def test_ablations_remove_the_right_steps(handmade_prepared):
+def test_ablations_differ_only_in_the_attention_weights(handmade_prepared):
+    """With the default ablation ("uniform") every variant has the same parameters except the query / key
+    projections of the steps it removes, and a removed step's weights are the fixed allocation."""
     spec = handmade_prepared.spec
-    full = create_model("DACDR", spec)
-    no_da = create_model("DACDR w/o DA", spec)
-    no_ia = create_model("DACDR w/o IA", spec)
-    pool = create_model("DACDR w/o DA&IA", spec)
-    assert full.domain_attention is not None and full.item_attention is not None
+    models = {v: create_model(n, spec) for v, n in zip(("full", "no_da", "no_ia", "pool"), DACDR_VARIANTS,
+                                                       strict=True)}
+    shapes = {v: {k: tuple(p.shape) for k, p in m.named_parameters() if ".w_q." not in k and ".w_k." not in k}
+              for v, m in models.items()}
+    assert shapes["full"] == shapes["no_da"] == shapes["no_ia"] == shapes["pool"]
+    scoring = {v: {k for k, _ in m.named_parameters() if ".w_q." in k or ".w_k." in k} for v, m in models.items()}
+    assert {k.split(".")[0] for k in scoring["full"]} == {"domain_attention", "item_attention"}
+    assert {k.split(".")[0] for k in scoring["no_da"]} == {"item_attention"}
+    assert {k.split(".")[0] for k in scoring["no_ia"]} == {"domain_attention"}
+    assert scoring["pool"] == set()
+
+
+def test_removed_steps_use_the_fixed_allocations(handmade_prepared, batch):
+    spec = handmade_prepared.spec
+    mask = batch["seq_mask"]
+    has = mask.any(1)
+    uniform = mask.float() / mask.float().sum(1, keepdim=True).clamp_min(1)
+    with torch.no_grad():
+        pool = create_model("DACDR w/o DA&IA", spec).attend(batch["seq"], mask, batch["item"], batch["domain"])
+        no_ia = create_model("DACDR w/o IA", spec).attend(batch["seq"], mask, batch["item"], batch["domain"])
+    torch.testing.assert_close(pool["alpha"], uniform)
+    torch.testing.assert_close(pool["A_i"].mean(dim=(1, 2)), uniform)
+    # pooling's match compares the plain mean of the history's tokens with the candidate
+    expected = (uniform.unsqueeze(-1) * pool["seq"]).sum(1)
+    torch.testing.assert_close(pool["offered"][:, 0], expected)
+    # w/o IA: step 2's weights are step 1's allocation, which is not uniform
+    torch.testing.assert_close(no_ia["A_i"][:, 0, 0], no_ia["alpha"])
+    assert not torch.allclose(no_ia["alpha"][has], uniform[has])
+
+
+def test_paper_reading_of_the_ablations(handmade_prepared):
+    """ablation="drop" removes a step's output from the encoder (MODEL.md's literal ablation table)."""
+    spec = handmade_prepared.spec
+    no_da = create_model("DACDR w/o DA", spec, ablation="drop")
+    no_ia = create_model("DACDR w/o IA", spec, ablation="drop")
+    pool = create_model("DACDR w/o DA&IA", spec, ablation="drop")
     assert no_da.domain_attention is None and no_da.item_attention is not None
     assert no_ia.domain_attention is not None and no_ia.item_attention is None
     assert pool.domain_attention is None and pool.item_attention is None
+    paper = create_model("DACDR (paper)", spec)
+    assert not paper.match_features and paper.ablation == "drop"
+
+
+def test_value_init_identity_makes_the_output_the_weighted_tokens(handmade_prepared, batch):
+    model = create_model("DACDR", handmade_prepared.spec, value_init="identity", heads=1)
+    with torch.no_grad():
+        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    expected = parts["A_i"][:, 0] @ parts["seq"]  # identity W_V, W_O (one head): the weighted tokens themselves
+    torch.testing.assert_close(parts["H_i"], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(parts["offered"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_position_keys_make_recency_matter(handmade_prepared, batch):
+    """Without position codes both steps are permutation-invariant; with them the order changes the weights."""
+    torch.manual_seed(0)
+    row = int(batch["seq_mask"].sum(1).argmax())
+    one = {k: v[row : row + 1] for k, v in batch.items()}
+    n = int(one["seq_mask"].sum())
+    perm = torch.arange(one["seq"].shape[1])
+    perm[-n:] = perm[-n:].flip(0)  # reverse the valid (right-aligned) part
+    shuffled = dict(one, seq=one["seq"][:, perm])
+    plain = create_model("DACDR", handmade_prepared.spec).eval()
+    torch.testing.assert_close(plain.score(one), plain.score(shuffled))
+    model = create_model("DACDR", handmade_prepared.spec, position_keys=True).eval()
+    with torch.no_grad():
+        model.positions.weight.normal_(0, 1.0)
+    assert not torch.allclose(model.score(one), model.score(shuffled))
+
+
+def test_temperature_sharpens_the_weights(handmade_prepared, batch):
+    torch.manual_seed(0)
+    warm = create_model("DACDR", handmade_prepared.spec)
+    torch.manual_seed(0)
+    sharp = create_model("DACDR", handmade_prepared.spec, temperature=0.25)
+    with torch.no_grad():
+        w1 = warm.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])["A_i"]
+        w2 = sharp.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])["A_i"]
+    # concentration (sum of squared weights; 1/n when uniform) grows as the softmax sharpens
+    assert (w2**2).sum(-1).mean() > (w1**2).sum(-1).mean()
+    with pytest.raises(ValueError, match="temperature"):
+        create_model("DACDR", handmade_prepared.spec, temperature=0.0)
+
+
+def test_old_descriptions_rebuild_the_old_model(handmade_prepared, tmp_path):
+    """A checkpoint written before `match_on` existed loads as the model it was trained as."""
+    import json
+
+    from dacdr.training.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    old = create_model("DACDR w/o IA", handmade_prepared.spec, match_on="values", ablation="drop")
+    save_model(old, "DACDR w/o IA", tmp_path)
+    desc = json.loads((tmp_path / "model.json").read_text())
+    for key in ("match_on", "ablation", "value_init", "position_keys", "temperature"):
+        desc["params"].pop(key)
+    (tmp_path / "model.json").write_text(json.dumps(desc))
+    loaded, _ = load_model(tmp_path)
+    assert loaded.match_on == "values" and loaded.ablation == "drop"
 
 
 def test_two_step_prior(handmade_prepared, batch):
@@ -114,12 +207,13 @@ def test_unknown_model_name(handmade_prepared):
 
 
 @pytest.mark.parametrize("name", DACDR_VARIANTS)
-@pytest.mark.parametrize("match", [True, False])
-def test_one_history_against_many_items_equals_repeated_rows(name, match, handmade_prepared, batch):
+@pytest.mark.parametrize("params", [{}, {"match_features": False}, {"match_on": "values", "ablation": "drop"},
+                                    {"position_keys": True, "value_init": "identity"}])
+def test_one_history_against_many_items_equals_repeated_rows(name, params, handmade_prepared, batch):
     """Serving scores one user's history against N candidates with batch-1 user inputs; the scores must be
     those of the history repeated on every row."""
     torch.manual_seed(0)
-    model = create_model(name, handmade_prepared.spec, match_features=match).eval()
+    model = create_model(name, handmade_prepared.spec, **params).eval()
     assert model.broadcasts_history
     row = int(batch["seq_mask"].sum(1).argmax())  # a user with a long history
     n = 9

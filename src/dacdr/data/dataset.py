@@ -43,7 +43,10 @@ INTERACTIONS_DIR = "interactions"
 ROLES = ("source", "target")
 INTERACTION_KEYS = ("user", "domain", "item", "behaviour", "timestamp")
 INTERACTION_COLUMNS = (*INTERACTION_KEYS, "label")
-OPTIONAL_INTERACTION_COLUMNS = ("p_true",)
+# Reference click probabilities of a synthetic world (docs/synthetic.md), never model inputs: the oracle, the
+# ceiling reachable from the source domain, and the histogram plug-in.
+REFERENCE_COLUMNS = ("p_true", "p_transferable", "p_plugin")
+OPTIONAL_INTERACTION_COLUMNS = REFERENCE_COLUMNS
 
 # pyo3 panics (e.g. a parquet page that decodes to garbage) derive from BaseException, not Exception.
 _READ_ERRORS = (Exception, PanicException)
@@ -162,7 +165,7 @@ def _describe_validation_error(e: ValidationError) -> str:
 class CrossDomainData:
     """A validated dataset: the descriptor and its three tables.
 
-    ``interactions``: user, domain, item, behaviour, label (Float64), timestamp (Int64) [, p_true];
+    ``interactions``: user, domain, item, behaviour, label (Float64), timestamp (Int64) [, p_true, p_transferable, p_plugin];
     ``items``: item, domain, *item_features; ``domains``: domain, role, *domain_features.
     """
 
@@ -286,7 +289,7 @@ def _table_kinds(table: str, spec: DatasetSpec) -> dict[str, str]:
 def _all_kinds(table: str, spec: DatasetSpec) -> dict[str, str]:
     kinds = _table_kinds(table, spec)
     if table == "interactions":
-        kinds["p_true"] = "float"
+        kinds |= {c: "float" for c in REFERENCE_COLUMNS}
     return kinds
 
 
@@ -415,9 +418,9 @@ def _check_interactions(
     ]
     if spec.task == "ctr":
         checks.append(("label", "neither 0 nor 1 (task 'ctr' needs click labels)", ~label.is_in([0.0, 1.0])))
-    if "p_true" in df.columns:
-        p = pl.col("p_true")
-        checks.append(("p_true", "NaN or outside [0, 1]", p.is_nan() | (p < 0) | (p > 1)))
+    for col in (c for c in REFERENCE_COLUMNS if c in df.columns):
+        p = pl.col(col)
+        checks.append((col, "NaN or outside [0, 1]", p.is_nan() | (p < 0) | (p > 1)))
     _run_checks(df, checks, source)
 
     # (item, domain) must exist in items: an anti join, reporting the lowest offending row.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dacdr.data.dataset import CrossDomainData
+from dacdr.data.dataset import REFERENCE_COLUMNS, CrossDomainData
 from dacdr.data.features import PAD, FeatureSpec, Vocab, Vocabularies, embedding_maps, table_rows
 from dacdr.data.splits import Split, period_split, time_split, user_split
 
@@ -38,7 +38,7 @@ class PreparedData:
     events: dict[str, np.ndarray]
     """source events sorted by (user, timestamp): one array per sequence field, plus `user`, `timestamp`"""
     samples: dict[str, np.ndarray]
-    """one entry per dataset row: user, domain, item, label, timestamp, seq_start, seq_end, is_source[, p_true]"""
+    """one entry per dataset row: user, domain, item, label, timestamp, seq_start, seq_end, is_source[, p_true, ...]"""
     split: Split
     meta: dict = field(default_factory=dict)
     embedding_maps: dict[str, np.ndarray] = field(default_factory=dict)
@@ -213,8 +213,8 @@ def prepare(
         "label": inter["label"].to_numpy().astype(np.float32),
         "timestamp": inter["timestamp"].to_numpy().astype(np.int64),
     }
-    if "p_true" in inter.columns:
-        samples["p_true"] = inter["p_true"].fill_null(np.nan).to_numpy().astype(np.float32)
+    for col in (c for c in REFERENCE_COLUMNS if c in inter.columns):
+        samples[col] = inter[col].fill_null(np.nan).to_numpy().astype(np.float32)
     source_idx = vocabs["domain"].lookup(spec.source_domain)
     samples["is_source"] = samples["domain"] == source_idx
 

@@ -46,6 +46,7 @@ from dacdr.data.batches import Batch, BatchGatherer
 from dacdr.data.dataset import (
     DOMAINS_FILE,
     ITEMS_FILE,
+    REFERENCE_COLUMNS,
     CrossDomainData,
     _all_kinds,
     _check_columns,
@@ -135,7 +136,8 @@ class _Encoder:
 
 _BUCKET_DTYPES = {
     "row": np.int64, "user": np.int64, "domain": np.int64, "item": np.int64, "behaviour": np.int64,
-    "label": np.float32, "timestamp": np.int64, "p_true": np.float32, "rating": np.int64,
+    "label": np.float32, "timestamp": np.int64, "rating": np.int64,
+    **dict.fromkeys(REFERENCE_COLUMNS, np.float32),
 }
 
 
@@ -443,8 +445,8 @@ def _bucket_pass(
             "label": df["label"].to_numpy().astype(np.float32),
             "timestamp": df["timestamp"].to_numpy().astype(np.int64),
         }
-        if "p_true" in buckets.columns:
-            arrays["p_true"] = df["p_true"].fill_null(np.nan).to_numpy().astype(np.float32)
+        for col in (c for c in REFERENCE_COLUMNS if c in buckets.columns):
+            arrays[col] = df[col].fill_null(np.nan).to_numpy().astype(np.float32)
         if rating_enc is not None:
             arrays["rating"] = rating_enc(df["label"].round(0).cast(pl.Int64))
         counted = arrays["timestamp"] < spec.test_start if spec.test_start is not None else slice(None)
@@ -554,9 +556,9 @@ def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> N
     log(f"vocabularies: {len(vocabs['user']):,} users, {len(vocabs['item']):,} items "
         f"({time.perf_counter() - t0:.1f}s)")
 
-    has_p = "p_true" in pq.ParquetFile(groups[0][0]).schema_arrow.names if groups else False
+    present = set(pq.ParquetFile(groups[0][0]).schema_arrow.names) if groups else set()
     columns = ["row", "user", "domain", "item", "behaviour", "label", "timestamp"]
-    columns += ["p_true"] if has_p else []
+    columns += [c for c in REFERENCE_COLUMNS if c in present]
     columns += ["rating"] if spec.task == "rating" else []
     n_buckets = options["sort_buckets"] or max(1, math.ceil(n_rows / ROWS_PER_BUCKET))
     buckets = _Buckets(out / "buckets", n_buckets, columns)
@@ -594,7 +596,7 @@ def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> N
         for kind, idx in (("train_target", split.train_target), ("train_source", split.train_source)):
             idx = idx[rng.permutation(len(idx))]
             writers[kind].add({c: arrays[c][idx] for c in SHARD_COLUMNS})
-        keep = [c for c in (*EVAL_COLUMNS, "p_true") if c in arrays]
+        keep = [c for c in (*EVAL_COLUMNS, *REFERENCE_COLUMNS) if c in arrays]
         eval_parts["valid"].append({c: arrays[c][split.valid] for c in keep})
         eval_parts["test"].append({c: arrays[c][split.test] for c in keep} | {"test_cold": split.test_cold})
         buckets.remove(b)

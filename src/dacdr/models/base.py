@@ -34,6 +34,12 @@ class RecModel(nn.Module):
         self.spec = spec
         self.params = params
 
+    @classmethod
+    def legacy_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments of a saved description, upgraded so that a checkpoint written by an older
+        dacdr rebuilds the model it was trained as (a new argument's default may differ from the old behaviour)."""
+        return params
+
     def forward(
         self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor
     ) -> torch.Tensor:

@@ -9,25 +9,47 @@ MLP scores [u_t; E_i].
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from dacdr.data.features import FeatureSpec
 from dacdr.models.base import RecModel
-from dacdr.models.layers import CrossAttention, FieldEmbeddings, masked_mean, mlp
+from dacdr.models.layers import CrossAttention, FieldEmbeddings, masked_mean, mlp, recency_index, uniform_weights
 from dacdr.models.registry import register
 
 Variant = Literal["full", "no_da", "no_ia", "pool"]
+MatchOn = Literal["tokens", "values"]
+Ablation = Literal["uniform", "drop"]
 
 
 @register("DACDR")
 class DACDR(RecModel):
     """Domain-Aware Cross-Attention for Cross-domain Recommendation.
 
-    Variants (paper Table 2): ``full``; ``no_da`` (no H_d, uniform prior); ``no_ia`` (no H_i);
-    ``pool`` (w/o DA & IA: one masked mean pooling of the sequence replaces both steps).
+    Variants (paper Table 2): ``full``; ``no_da`` (step 1 removed: uniform prior); ``no_ia`` (step 2
+    removed); ``pool`` (w/o DA & IA: both steps replaced by one masked mean of the sequence).
+
+    How an ablation removes a step (``ablation``):
+
+    - ``"uniform"`` (default): the step keeps its value path and its place in the encoder input, and its
+      learnt weights are replaced by a fixed allocation (uniform over the history for step 1, and for step
+      2 step 1's allocation alpha). The four variants then have the same architecture and differ only in
+      how the history is weighted, which is what the ablation claims to measure.
+    - ``"drop"``: MODEL.md's reading before 0.2: the step's output is left out of the encoder (``pool``
+      feeds the masked mean of the tokens instead). The variants then also differ in their encoder input.
+
+    What the predictor's match feature compares with each candidate token (``match_on``):
+
+    - ``"tokens"`` (default): the attention-weighted mean of the history's own tokens, in the embedding space
+      the candidate lives in;
+    - ``"values"``: the attention output ``H_i`` (``W_O W_V`` of that mean), a learnt map that starts random
+      (before 0.2 the default; see docs/models.md for the measurements).
+
+    Other levers (docs/models.md): ``value_init="identity"`` starts ``W_V``, ``W_O`` at the identity;
+    ``position_keys`` adds a learnt code of each behaviour's recency (0 = most recent) to the keys of both
+    steps; ``temperature`` < 1 sharpens both steps' softmax.
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -46,31 +68,55 @@ class DACDR(RecModel):
         predictor_hidden: tuple[int, ...] = (128, 64),
         dropout: float = 0.0,
         match_features: bool = True,
+        match_on: MatchOn = "tokens",
+        ablation: Ablation = "uniform",
+        value_init: Literal["random", "identity"] = "random",
+        position_keys: bool = False,
+        temperature: float = 1.0,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
             encoder_hidden=list(encoder_hidden), predictor_hidden=list(predictor_hidden), dropout=dropout,
-            match_features=match_features,
+            match_features=match_features, match_on=match_on, ablation=ablation, value_init=value_init,
+            position_keys=position_keys, temperature=temperature,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
-        self.variant = variant
+        if match_on not in ("tokens", "values"):
+            raise ValueError(f"unknown match_on {match_on!r}: expected 'tokens' or 'values'")
+        if ablation not in ("uniform", "drop"):
+            raise ValueError(f"unknown ablation {ablation!r}: expected 'uniform' or 'drop'")
+        self.variant, self.match_on, self.ablation = variant, match_on, ablation
         self.embeddings = FieldEmbeddings(spec, dim)
         m, n = len(spec.domain_fields), len(spec.item_fields)
         self.use_da = variant in ("full", "no_ia")
         self.use_ia = variant in ("full", "no_da")
-        self.domain_attention = CrossAttention(dim, heads) if self.use_da else None
-        self.item_attention = CrossAttention(dim, heads) if self.use_ia else None
+        # With ablation "uniform" an ablated step keeps its value path (scores=False); with "drop" it is gone.
+        keep_da = self.use_da or ablation == "uniform"
+        keep_ia = self.use_ia or ablation == "uniform"
+        att = {"temperature": temperature, "value_init": value_init}
+        self.domain_attention = CrossAttention(dim, heads, scores=self.use_da, **att) if keep_da else None
+        self.item_attention = CrossAttention(dim, heads, scores=self.use_ia, **att) if keep_ia else None
+        self.positions = nn.Embedding(spec.max_len, dim) if position_keys else None
+        if self.positions is not None:
+            nn.init.normal_(self.positions.weight, std=0.05)
         enc_in = m * dim
-        enc_in += m * dim if self.use_da else 0
-        enc_in += n * dim if self.use_ia else 0
-        enc_in += dim if variant == "pool" else 0
+        enc_in += m * dim if keep_da else 0
+        enc_in += n * dim if keep_ia else 0
+        enc_in += dim if variant == "pool" and ablation == "drop" else 0
         self.encoder = mlp([enc_in, *encoder_hidden, user_dim], dropout, last_activation=True)
         # (choice, measured in docs/models.md) The predictor also sees the element-wise product of each
-        # candidate token with what the history offers for it (H_i, or the pooled / domain-level summary in the
-        # ablations), so it need not learn a dot product with ReLUs. `match_features=False` is MODEL.md verbatim.
+        # candidate token with what the history offers for it, so it need not learn a dot product with ReLUs.
+        # `match_features=False` is MODEL.md verbatim ("DACDR (paper)").
         self.match_features = match_features
         self.predictor = mlp([user_dim + n * dim * (2 if match_features else 1), *predictor_hidden, 1], dropout)
+
+    @classmethod
+    def legacy_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """A description written before `match_on` existed (dacdr < 0.2) describes the old model."""
+        if "match_on" in params:
+            return params
+        return params | {"match_on": "values", "ablation": "drop"}
 
     def output_layer(self) -> nn.Linear:
         return self.predictor[-1]
@@ -78,24 +124,45 @@ class DACDR(RecModel):
     def attend(
         self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The inner quantities: tokens, both attention outputs and their weights (for plots and tests)."""
+        """The inner quantities: tokens, both steps' weights and outputs, and what the match compares with each
+        candidate token (for plots, explanations and tests)."""
         emb = self.embeddings
         s = emb.sequence(seq)
         e_d = emb.tokens(domain, self.spec.domain_fields)
         e_i = emb.tokens(item, self.spec.item_fields)
+        keys = s if self.positions is None else s + self.positions(recency_index(seq_mask))
         out: dict[str, torch.Tensor] = {"seq": s, "E_d": e_d, "E_i": e_i}
-        log_prior = None
-        if self.domain_attention is not None:
-            h_d, a_d = self.domain_attention(e_d, s, seq_mask)
+        uniform = uniform_weights(seq_mask)  # [B, 1, 1, L]
+
+        # Step 1 (DA): which behaviours matter for this domain.
+        if self.use_da:
+            a_d = self.domain_attention.weights(e_d, keys, seq_mask)
             alpha = a_d.mean(dim=(1, 2))  # over heads and domain tokens: one distribution over positions
-            out |= {"H_d": h_d, "A_d": a_d, "alpha": alpha}
-            if self.item_attention is not None:
-                log_prior = torch.log(alpha.clamp_min(1e-12))
+        else:
+            a_d, alpha = uniform.expand(-1, 1, e_d.shape[1], -1), uniform[:, 0, 0]
+        out |= {"A_d": a_d, "alpha": alpha}
+        if self.domain_attention is not None:
+            out["H_d"] = self.domain_attention.values(a_d.expand(-1, -1, e_d.shape[1], -1), s)
+
+        # Step 2 (IA): which of those matter for this candidate, inside step 1's allocation.
+        if self.use_ia:
+            log_prior = torch.log(alpha.clamp_min(1e-12)) if self.use_da else None
+            a_i = self.item_attention.weights(e_i, keys, seq_mask, log_prior)
+        else:
+            a_i = alpha[:, None, None, :].expand(-1, 1, e_i.shape[1], -1)
+        out["A_i"] = a_i
         if self.item_attention is not None:
-            h_i, a_i = self.item_attention(e_i, s, seq_mask, log_prior)
-            out |= {"H_i": h_i, "A_i": a_i}
-        if self.variant == "pool":
+            out["H_i"] = self.item_attention.values(a_i, s)
+        if self.variant == "pool" and self.ablation == "drop":
             out["pooled"] = masked_mean(s, seq_mask)
+
+        if self.match_on == "tokens":
+            out["offered"] = (a_i.mean(1) @ s).expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
+        elif "H_i" in out:
+            out["offered"] = out["H_i"]
+        else:  # "values" without an item-level output (ablation "drop"): the history as a whole
+            summary = out["pooled"] if "pooled" in out else out["H_d"].mean(1)
+            out["offered"] = summary.unsqueeze(1).expand_as(e_i)
         return out
 
     def forward(
@@ -108,23 +175,18 @@ class DACDR(RecModel):
             return t.reshape(t.shape[0], -1).expand(b, -1)
 
         enc_in = [flat(parts["E_d"])]
-        if "H_d" in parts:
-            enc_in.append(flat(parts["H_d"]))
-        if "H_i" in parts:
-            enc_in.append(flat(parts["H_i"]))
-        if "pooled" in parts:
-            enc_in.append(flat(parts["pooled"]))
+        for key in ("H_d", "H_i", "pooled"):
+            if key in parts:
+                enc_in.append(flat(parts[key]))
         user = self.encoder(torch.cat(enc_in, dim=1))
         pred_in = [user, parts["E_i"].reshape(b, -1)]
         if self.match_features:
-            offered = parts.get("H_i")
-            if offered is None:  # no item-level step: the history as a whole, per candidate token
-                summary = parts["pooled"] if "pooled" in parts else parts["H_d"].mean(1)
-                offered = summary.unsqueeze(1).expand_as(parts["E_i"])
-            pred_in.append((offered * parts["E_i"]).reshape(b, -1))
+            pred_in.append((parts["offered"] * parts["E_i"]).reshape(b, -1))
         return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
 
 
 register("DACDR w/o DA", DACDR, variant="no_da")
 register("DACDR w/o IA", DACDR, variant="no_ia")
 register("DACDR w/o DA&IA", DACDR, variant="pool")
+# MODEL.md verbatim: no match feature (the predictor sees [u_t; vec(E_i)]), ablations as the paper reads them.
+register("DACDR (paper)", DACDR, variant="full", match_features=False, ablation="drop", match_on="values")

@@ -46,19 +46,60 @@ class FieldEmbeddings(nn.Module):
 class CrossAttention(nn.Module):
     """Multi-head masked cross-attention with an optional log-prior on the keys.
 
-    ``softmax(Q W_Q (K W_K)^T / sqrt(k_h) + log prior) V W_V W_O``; a query whose keys are all masked
-    returns zeros and zero weights, never NaN.
+    ``softmax(Q W_Q (K W_K)^T / (sqrt(k_h) * temperature) + log prior) V W_V W_O``; a query whose keys are all
+    masked returns zeros and zero weights, never NaN. With ``scores=False`` the module has only its value path
+    (``W_V``, ``W_O``) and is given its weights (an ablation that replaces a learnt allocation by a fixed one).
+    ``value_init="identity"`` starts ``W_V`` and ``W_O`` at the identity, so that the output starts as the
+    attention-weighted mean of the keys themselves instead of a random rotation of it.
     """
 
-    def __init__(self, dim: int, heads: int = 2):
+    def __init__(
+        self, dim: int, heads: int = 2, scores: bool = True, temperature: float = 1.0, value_init: str = "random"
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"embedding dim {dim} is not divisible by heads {heads}")
+        if temperature <= 0:
+            raise ValueError(f"attention temperature must be > 0, got {temperature}")
         self.heads, self.head_dim = heads, dim // heads
-        self.w_q = nn.Linear(dim, dim, bias=False)
-        self.w_k = nn.Linear(dim, dim, bias=False)
+        self.scale = 1.0 / (math.sqrt(self.head_dim) * temperature)
+        self.w_q = nn.Linear(dim, dim, bias=False) if scores else None
+        self.w_k = nn.Linear(dim, dim, bias=False) if scores else None
         self.w_v = nn.Linear(dim, dim, bias=False)
         self.w_o = nn.Linear(dim, dim, bias=False)
+        if value_init == "identity":
+            nn.init.eye_(self.w_v.weight)
+            nn.init.eye_(self.w_o.weight)
+        elif value_init != "random":
+            raise ValueError(f"unknown value_init {value_init!r}: expected 'random' or 'identity'")
+
+    def weights(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        log_prior: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention weights [B, h, m, L] of query [B, m, k] over keys [B (or 1), L, k]; zero on masked keys."""
+        if self.w_q is None or self.w_k is None:
+            raise RuntimeError("this attention has no scoring path (scores=False): pass its weights")
+        b, m, _ = query.shape
+        kb, length = keys.shape[0], keys.shape[1]  # kb may be 1 against b queries: keys are then broadcast
+        q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
+        kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
+        logits = q @ kk.transpose(-1, -2) * self.scale
+        if log_prior is not None:
+            logits = logits + log_prior[:, None, None, :]
+        keep = mask[:, None, None, :]
+        logits = logits.masked_fill(~keep, _MASKED)
+        return torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
+
+    def values(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``(weights V W_V) W_O``: weights [B, h or 1, m, L], values [B (or 1), L, k] -> [B, m, k]."""
+        vb, length, k = values.shape
+        v = self.w_v(values).view(vb, length, self.heads, self.head_dim).transpose(1, 2)
+        out = weights.expand(-1, self.heads, -1, -1) @ v
+        return self.w_o(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], k))
 
     def forward(
         self,
@@ -66,21 +107,13 @@ class CrossAttention(nn.Module):
         keys: torch.Tensor,
         mask: torch.Tensor,
         log_prior: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """query [B, m, k], keys [B, L, k], mask [B, L] bool, log_prior [B, L] -> ([B, m, k], [B, h, m, L])."""
-        b, m, k = query.shape
-        kb, length = keys.shape[0], keys.shape[1]  # kb may be 1 against b queries: keys are then broadcast
-        q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
-        kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
-        v = self.w_v(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
-        logits = q @ kk.transpose(-1, -2) / math.sqrt(self.head_dim)
-        if log_prior is not None:
-            logits = logits + log_prior[:, None, None, :]
-        keep = mask[:, None, None, :]
-        logits = logits.masked_fill(~keep, _MASKED)
-        weights = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
-        out = (weights @ v).transpose(1, 2).reshape(b, m, k)
-        return self.w_o(out), weights
+        """query [B, m, k], keys [B, L, k], mask [B, L] bool, log_prior [B, L] -> ([B, m, k], [B, h, m, L]).
+
+        ``values`` (default: the keys) are what is averaged, e.g. the tokens without a position code."""
+        weights = self.weights(query, keys, mask, log_prior)
+        return self.values(weights, keys if values is None else values), weights
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = False) -> nn.Sequential:
@@ -92,6 +125,18 @@ def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = False) -
             if dropout:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+def uniform_weights(mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] mask -> [B, 1, 1, L]: equal weight on every valid position, zeros for an empty sequence."""
+    w = mask.to(torch.float32)
+    return (w / w.sum(1, keepdim=True).clamp_min(1.0))[:, None, None, :]
+
+
+def recency_index(mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] mask -> [B, L] long: how many valid positions come after each one (0 = the most recent)."""
+    after = mask.flip(1).to(torch.long).cumsum(1).flip(1) - 1
+    return after.clamp_min(0)
 
 
 def masked_mean(seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

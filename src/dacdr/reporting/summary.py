@@ -9,6 +9,10 @@ import numpy as np
 
 METRIC_LABELS = {"auc": "AUC", "gauc": "gAUC", "logloss": "LogLoss", "mae": "MAE", "rmse": "RMSE"}
 LOWER_IS_BETTER = {"logloss", "mae", "rmse"}
+# Reference rows of a synthetic world, in the order they are printed (dacdr.evaluation.REFERENCES).
+REFERENCE_KEYS = ("oracle", "oracle_transferable", "plugin")
+REFERENCE_LABELS = {"oracle": "Oracle (true p)", "oracle_transferable": "Oracle, transferable (source-revealed p)",
+                    "plugin": "Plug-in (topic histogram + appeal)"}
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -39,13 +43,11 @@ def build_metrics(
     metric_keys = ["auc", "gauc", "logloss"] if task == "ctr" else ["mae", "rmse"]
     out: dict[str, Any] = {"task": task, "dataset": dataset, "seeds": list(seeds)}
     first = next(iter(results.values()))[0]
-    if "oracle" in first:
-        out["oracle"] = {
-            d: {m: first["oracle"]["cold"][d][m] for m in metric_keys} for d in first["oracle"]["cold"]
-        }
-        out["oracle_all_users"] = {
-            d: {m: first["oracle"]["all"][d][m] for m in metric_keys} for d in first["oracle"]["all"]
-        }
+    for key in REFERENCE_KEYS:  # the same for every run of one dataset: taken from the first
+        if key in first:
+            out[key] = {d: {m: first[key]["cold"][d][m] for m in metric_keys} for d in first[key]["cold"]}
+            out[f"{key}_all_users"] = {d: {m: first[key]["all"][d][m] for m in metric_keys}
+                                       for d in first[key]["all"]}
     out["models"] = {name: _aggregate_scope(runs, "cold", metric_keys) for name, runs in results.items()}
     out["models_all_users"] = {name: _aggregate_scope(runs, "all", metric_keys) for name, runs in results.items()}
     return out
@@ -58,24 +60,27 @@ def _cell(stat: dict[str, float]) -> str:
 
 
 def markdown_tables(metrics: dict[str, Any], scope: str = "models") -> str:
-    """One table per target domain: oracle first, then each model with its AUC gap to the oracle."""
+    """One table per target domain: the reference rows first (oracle, transferable oracle, plug-in, where the
+    data has them), then each model with its AUC gap to the oracle and to the transferable oracle."""
     task = metrics["task"]
     keys = ["auc", "gauc", "logloss"] if task == "ctr" else ["mae", "rmse"]
-    oracle = metrics.get("oracle" if scope == "models" else "oracle_all_users")
+    suffix = "" if scope == "models" else "_all_users"
+    refs = {k: metrics[k + suffix] for k in REFERENCE_KEYS if k + suffix in metrics}
+    gaps = [k for k in ("oracle", "oracle_transferable") if k in refs]
     models = metrics[scope]
     domains = list(next(iter(models.values())))
     lines: list[str] = []
     for d in domains:
         header = ["model", *(METRIC_LABELS[k] for k in keys)]
-        if oracle:
-            header.append("AUC gap to oracle")
+        header += [{"oracle": "AUC gap to oracle", "oracle_transferable": "AUC gap to transferable"}[g] for g in gaps]
         lines += [f"### {d}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        if oracle:
-            lines.append("| Oracle (true p) | " + " | ".join(f"{oracle[d][k]:.4f}" for k in keys) + " | — |")
+        for key, ref in refs.items():
+            if d in ref:
+                lines.append(f"| {REFERENCE_LABELS[key]} | " + " | ".join(f"{ref[d][k]:.4f}" for k in keys)
+                             + " | — |" * len(gaps))
         for name, per_domain in models.items():
             row = [name, *(_cell(per_domain[d][k]) for k in keys)]
-            if oracle:
-                row.append(f"{per_domain[d]['auc']['mean'] - oracle[d]['auc']:+.4f}")
+            row += [f"{per_domain[d]['auc']['mean'] - refs[g][d]['auc']:+.4f}" for g in gaps]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -63,6 +63,8 @@ def load_model(directory: str | Path) -> tuple[RecModel, dict[str, Any]]:
     if desc.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{desc_path}: model format {desc.get('format')!r}, expected {MODEL_FORMAT}")
     try:
+        entry = get_entry(name)
+        params = {k: v for k, v in entry.cls.legacy_params(params).items() if k not in entry.fixed}
         model = create_model(name, spec, **params)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{desc_path}: cannot build model {name!r}: {e}") from e

@@ -32,7 +32,7 @@ from dacdr.data.samples import PreparedData
 from dacdr.data.streaming import StreamingData
 from dacdr.distributed.context import DistContext, all_gather_concat, all_reduce_sum, barrier, current, rank_slice
 from dacdr.distributed.memory import table_memory_report
-from dacdr.evaluation import oracle_report, score_metrics, test_report
+from dacdr.evaluation import reference_reports, score_metrics, test_report
 from dacdr.models import RecModel
 from dacdr.training.checkpoint import (
     load_model,
@@ -355,9 +355,7 @@ class Trainer:
         preds = self._predict(split.test)
         results: dict[str, Any] = {"model": self.model_name, "seed": self.cfg.seed,
                                    "test": test_report(self.prepared, preds)}
-        oracle = oracle_report(self.prepared)
-        if oracle is not None:
-            results["oracle"] = oracle
+        results |= reference_reports(self.prepared)
         if self.dist.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results

@@ -1,0 +1,196 @@
+"""Does DACDR's attention help? Train model variants on synthetic worlds over seeds; one JSON line per run.
+
+The numbers behind docs/results.md ("Does the attention help?") and docs/models.md. Every run selects its
+epoch on validation (the trainer's rule); the test metrics are read only for the report. Resumable: a
+(world, variant, seed) already in the output file is skipped.
+
+    python benchmarks/attention_study.py --world demo --variants DACDR,pool --seeds 0,1,2 --out study.jsonl
+    python benchmarks/attention_study.py --report study.jsonl --baseline pool
+
+Worlds: `demo`, `industrial` (the presets, at the demo's and the bench's budgets), `mechanism` and
+`mechanism-s<STRENGTH>` (the mechanism preset at another strength; s0 is the same people without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from dacdr.bench import bench_settings, paired_test
+from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from dacdr.data.samples import prepare_cached
+from dacdr.data.synthetic import generate, get_preset
+from dacdr.demo import DEMO_SOURCE_SAMPLE_RATE, demo_settings
+from dacdr.reporting.attention import relevance_mass
+from dacdr.runner import train_run
+from dacdr.training.checkpoint import load_model
+
+V01 = {"match_on": "values", "ablation": "drop"}  # dacdr 0.1's DACDR and ablations
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "paper": ("DACDR (paper)", {}),
+    "v0.1 DACDR": ("DACDR", V01),
+    "v0.1 w/o DA": ("DACDR w/o DA", V01),
+    "v0.1 w/o IA": ("DACDR w/o IA", V01),
+    "v0.1 pool": ("DACDR w/o DA&IA", V01),
+    "DACDR": ("DACDR", {}),
+    "w/o DA": ("DACDR w/o DA", {}),
+    "w/o IA": ("DACDR w/o IA", {}),
+    "pool": ("DACDR w/o DA&IA", {}),
+    "DNN-multi": ("DNN-multi", {}),
+}
+LEVERS: dict[str, dict[str, Any]] = {
+    "id": {"value_init": "identity"},
+    "pos": {"position_keys": True},
+    "T0.5": {"temperature": 0.5},
+    "values": {"match_on": "values"},
+    "drop": {"ablation": "drop"},
+}
+
+
+def variant(label: str) -> tuple[str, dict[str, Any]]:
+    """`DACDR`, `pool+id`, `w/o IA+id+pos`: a base variant and levers joined by '+'."""
+    base, *levers = label.split("+")
+    name, params = VARIANTS[base]
+    params = dict(params)
+    for lever in levers:
+        params |= LEVERS[lever]
+    return name, params
+
+
+def world(name: str, root: Path) -> tuple[Path, DataConfig, TrainConfig, int]:
+    """Dataset directory (generated on first use), data config, training budget and embedding size."""
+    if name == "industrial":
+        settings = bench_settings("industrial")
+        synth, rate, train, dim = get_preset("industrial"), settings.source_sample_rate, settings.train, 16
+    else:
+        if name.startswith("mechanism-s"):
+            strength = float(name.removeprefix("mechanism-s"))
+            synth = get_preset("mechanism", mechanism={"strength": strength})
+        else:
+            synth = get_preset(name)
+        _, train = demo_settings(quick=False)
+        rate, dim = DEMO_SOURCE_SAMPLE_RATE, 32
+    path = root / name
+    if not (path / "dataset.json").exists():
+        generate(synth, path, seed=0)
+    return path, DataConfig(path=str(path), source_sample_rate=rate), train.model_copy(update={"progress": False}), dim
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    root = Path(args.data_root)
+    path, data_cfg, train, dim = world(args.world, root)
+    prepared = prepare_cached(path, max_len=data_cfg.max_len, valid_share=data_cfg.valid_share,
+                              source_sample_rate=data_cfg.source_sample_rate, log=lambda *a: None)
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["world"], r["variant"], r["seed"]))
+    split = prepared.split
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for label in args.variants.split(","):
+            if (args.world, label, seed) in done:
+                continue
+            name, params = variant(label)
+            params.setdefault("dim", dim)
+            cfg = RunConfig(data=data_cfg, model=ModelConfig(name=name, params=params),
+                            train=train.model_copy(update={"seed": seed, "num_threads": args.threads}))
+            run_dir = Path(args.runs) / args.world / f"{label.replace('/', '').replace(' ', '_')}-seed{seed}"
+            t0 = time.perf_counter()
+            r = train_run(cfg, prepared=prepared, run_dir=run_dir, console=Console(quiet=True), resume=False)
+            record = {
+                "world": args.world, "variant": label, "model": name, "params": params, "seed": seed,
+                "valid_score": max(h.get("valid_score", float("nan")) for h in r["history"]),
+                "epochs": len(r["history"]),
+                "cold_auc": {d: m["auc"] for d, m in r["test"]["cold"].items()},
+                "all_auc": {d: m["auc"] for d, m in r["test"]["all"].items()},
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            for key in ("oracle", "oracle_transferable", "plugin"):
+                if key in r:
+                    record[key] = {d: m["auc"] for d, m in r[key]["cold"].items()}
+            if name.startswith("DACDR") and args.world.startswith("mechanism"):
+                model, _ = load_model(run_dir)
+                record["relevance"] = relevance_mass(model, prepared, path, split.test[split.test_cold])
+            with open(out, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{args.world} {label} seed {seed}: cold AUC "
+                  f"{ {d: round(v, 4) for d, v in record['cold_auc'].items()} } valid {record['valid_score']:.4f} "
+                  f"({record['seconds']:.0f} s)", flush=True)
+
+
+def report(path: str, baseline: str) -> None:
+    """Per world: each variant's cold-start AUC (mean ± std over seeds, per target and their mean), its paired
+    difference to `baseline` on the mean of the targets, and the validation score it was selected on."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    for w in dict.fromkeys(r["world"] for r in rows):
+        runs = [r for r in rows if r["world"] == w]
+        targets = list(runs[0]["cold_auc"])
+        print(f"\n### {w}\n")
+        ref = runs[0]
+        refs = " · ".join(f"{k} " + "/".join(f"{ref[k][d]:.4f}" for d in targets)
+                          for k in ("oracle", "oracle_transferable", "plugin") if k in ref)
+        print(refs + "\n")
+        print("| variant | seeds | " + " | ".join(targets) + " | mean | valid | Δ mean vs " + baseline + " | p |")
+        print("|---|---|" + "---|" * (len(targets) + 4))
+        by = {v: {r["seed"]: r for r in runs if r["variant"] == v} for v in dict.fromkeys(r["variant"] for r in runs)}
+        base = by.get(baseline, {})
+        for v, per_seed in by.items():
+            seeds = sorted(per_seed)
+            cells = []
+            for d in targets:
+                a = [per_seed[s]["cold_auc"][d] for s in seeds]
+                cells.append(f"{np.mean(a):.4f} ± {np.std(a, ddof=1) if len(a) > 1 else 0:.4f}")
+            mean = [float(np.mean(list(per_seed[s]["cold_auc"].values()))) for s in seeds]
+            valid = [per_seed[s]["valid_score"] for s in seeds]
+            common = [s for s in seeds if s in base]
+            diff = "—"
+            pval = ""
+            if v != baseline and len(common) > 0:
+                t = paired_test([float(np.mean(list(per_seed[s]["cold_auc"].values()))) for s in common],
+                                [float(np.mean(list(base[s]["cold_auc"].values()))) for s in common])
+                diff = f"{t['mean_diff']:+.4f} ± {t['std_diff']:.4f}"
+                pval = "n/a" if math.isnan(t["p_value"]) else f"{t['p_value']:.3g}"
+            print(f"| {v} | {len(seeds)} | " + " | ".join(cells) + f" | {np.mean(mean):.4f} | {np.mean(valid):.4f} "
+                  f"| {diff} | {pval} |")
+        rel = [(v, r["relevance"]) for v, ps in by.items() for r in ps.values() if "relevance" in r]
+        if rel:
+            print("\nattention mass on the relevant behaviours (mean over seeds and targets) vs their share:")
+            for v in dict.fromkeys(v for v, _ in rel):
+                vals = [x for vv, x in rel if vv == v]
+                agg = {k: np.mean([m[k] for x in vals for m in x.values()])
+                       for k in ("domain_mass", "domain_share", "item_mass", "item_share")}
+                print(f"  {v}: step 1 {agg['domain_mass']:.3f} (share {agg['domain_share']:.3f}); "
+                      f"step 2 {agg['item_mass']:.3f} (share {agg['item_share']:.3f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default="demo")
+    ap.add_argument("--variants", default="DACDR,pool")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", default="attention-study.jsonl")
+    ap.add_argument("--runs", default="runs/attention-study")
+    ap.add_argument("--data-root", default="data/attention-study")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report", help="print the tables of this JSONL file instead of training")
+    ap.add_argument("--baseline", default="pool")
+    args = ap.parse_args()
+    if args.report:
+        report(args.report, args.baseline)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
