@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from dacdr.bench import (
     PAPER_ORDER,
     BenchSettings,
+    ablation_markdown,
+    ablation_tests,
     bench_settings,
     paired_test,
     paired_tests,
@@ -54,6 +56,18 @@ def test_table2_rows_follow_the_paper_with_the_oracle_first():
     assert rows == ["Oracle (true p)", *PAPER_ORDER]
 
 
+def test_ablation_tests_pair_dacdr_with_each_ablation():
+    per_seed = {"DACDR": {"t1": [0.70, 0.72], "t2": [0.60, 0.62]},
+                "DACDR w/o IA": {"t1": [0.69, 0.70], "t2": [0.60, 0.60]},
+                "DACDR w/o DA&IA": {"t1": [0.71, 0.73], "t2": [0.61, 0.63]}}
+    tests = ablation_tests(per_seed, ["t1", "t2"])
+    assert set(tests) == {"DACDR w/o IA", "DACDR w/o DA&IA"}
+    assert tests["DACDR w/o IA"]["targets"]["t1"]["mean_diff"] == pytest.approx(0.015)
+    assert tests["DACDR w/o IA"]["mean_of_targets"]["mean_diff"] == pytest.approx(0.0125)
+    assert tests["DACDR w/o DA&IA"]["mean_of_targets"]["mean_diff"] == pytest.approx(-0.01)
+    assert "| DACDR w/o IA |" in ablation_markdown(tests)
+
+
 def test_quick_settings_are_smaller_than_the_full_run():
     quick, full = bench_settings(quick=True), bench_settings(seeds=3)
     assert quick.seeds == 1 and full.seeds == 3
@@ -85,7 +99,8 @@ def test_run_bench_writes_every_report(tmp_path):
     metrics = run_bench(out, settings, models=["DACDR", "CMF"], console=Console(quiet=True))
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["seeds"] == [0, 1] and saved["task"] == "ctr"
-    assert {"oracle", "models", "models_all_users", "paired_tests", "per_seed_cold_auc", "bench"} <= set(saved)
+    assert {"oracle", "oracle_transferable", "plugin", "models", "models_all_users", "paired_tests",
+            "ablation_tests", "per_seed_cold_auc", "bench"} <= set(saved)
     targets = ["target_1", "target_2", "target_3"]
     assert list(saved["models"]["DACDR"]) == targets
     for name in ("DACDR", "CMF"):
@@ -97,11 +112,14 @@ def test_run_bench_writes_every_report(tmp_path):
     assert metrics["paired_tests"]["target_1"]["n_seeds"] == 2
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["model"] for r in rows} == {"Oracle (true p)", "DACDR", "CMF"}
-    assert len(rows) == 2 * 3 * 3  # (oracle + 2 models) x 3 targets x {cold, all}
+    refs = {"Oracle (true p)", "Oracle, transferable (source-revealed p)", "Plug-in (topic histogram + appeal)"}
+    assert {r["model"] for r in rows} == refs | {"DACDR", "CMF"}
+    assert len(rows) == 5 * 3 * 2  # (3 references + 2 models) x 3 targets x {cold, all}
     table = (out / "table.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[1].startswith("| Oracle (true p)") and lines[2].startswith("| CMF") and lines[3].startswith("| DACDR")
+    assert lines[1].startswith("| Oracle (true p)") and lines[2].startswith("| Oracle, transferable")
+    assert lines[3].startswith("| Plug-in") and lines[4].startswith("| CMF") and lines[5].startswith("| DACDR")
+    assert "DACDR vs its ablations" in table
     assert (out / "table2.png").stat().st_size > 1000
     # every model trained on the same prepared world, one run directory per (model, seed)
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["CMF-seed0", "CMF-seed1", "DACDR-seed0", "DACDR-seed1"]

@@ -44,7 +44,7 @@ def batch(handmade_prepared):
 
 def test_every_table2_row_is_registered():
     assert set(PAPER_ORDER) <= set(model_names())
-    assert len(PAPER_ORDER) == len(set(PAPER_ORDER)) == 15
+    assert len(PAPER_ORDER) == len(set(PAPER_ORDER)) == 17  # 15 rows of the paper, Pop, DACDR (paper)
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)
@@ -80,7 +80,7 @@ def test_empty_history_gives_finite_output_and_gradients(name, handmade_prepared
             assert torch.isfinite(p.grad).all(), n
 
 
-@pytest.mark.parametrize("name", [m for m in NEW_MODELS if m not in ("CMF",) + tuple(STAGED)])
+@pytest.mark.parametrize("name", [m for m in NEW_MODELS if m not in ("CMF", "Pop") + tuple(STAGED)])
 def test_sequence_is_used(name, handmade_prepared, batch):
     """Models reading the source sequence change their scores when it changes."""
     model = build(name, handmade_prepared).eval()
@@ -209,3 +209,22 @@ def test_short_training_beats_a_constant_predictor(name, tiny_prepared, tmp_path
     else:
         bridge = [h["loss"] for h in history if h["phase"] in ("bridge", "meta")]
         assert len(bridge) >= 2 and bridge[-1] < bridge[0]
+
+
+def test_pop_ranks_items_by_their_training_click_rate(tiny_prepared, tmp_path):
+    """Pop ignores the history; after training, its item scores follow the items' click rates in training."""
+    from scipy.stats import spearmanr
+
+    model = build("Pop", tiny_prepared)
+    batch = BatchGatherer(tiny_prepared).gather(np.arange(0, tiny_prepared.n_samples, 7))
+    other = dict(batch, seq=batch["seq"].roll(1, dims=0), seq_mask=batch["seq_mask"].roll(1, dims=0))
+    torch.testing.assert_close(model.score(batch), model.score(other))
+    cfg = TrainConfig(epochs=3, batch_size=256, lr=3e-2, patience=3, progress=False, seed=0)
+    Trainer(tiny_prepared, model, "Pop", cfg, tmp_path).fit()
+    s, rows = tiny_prepared.samples, tiny_prepared.split.train_target
+    shown = np.bincount(s["item"][rows], minlength=len(tiny_prepared.vocabs["item"]))
+    clicks = np.bincount(s["item"][rows], weights=s["label"][rows], minlength=len(shown))
+    often = np.flatnonzero(shown >= 30)
+    assert len(often) > 20
+    learnt = model.item_bias.weight.detach().numpy()[often, 0]
+    assert spearmanr(learnt, clicks[often] / shown[often]).statistic > 0.6

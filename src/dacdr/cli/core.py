@@ -124,10 +124,12 @@ def _print_results(results: dict) -> None:
         for k in keys:
             table.add_column(k)
         table.add_column("n")
-        oracle = results.get("oracle", {}).get(scope, {})
+        refs = {key: results[key].get(scope, {}) for key in ("oracle", "oracle_transferable", "plugin")
+                if key in results}
         for d, m in rows.items():
             table.add_row(d, *(f"{m[k]:.4f}" for k in keys), str(m.get("n", "")))
-            if d in oracle:
-                table.add_row("  oracle", *(f"{oracle[d].get(k, float('nan')):.4f}" for k in keys), "")
+            for key, ref in refs.items():
+                if d in ref:
+                    table.add_row(f"  {key.replace('_', ' ')}", *(f"{ref[d].get(k, float('nan')):.4f}" for k in keys), "")
         console.print(table)
     console.print(json.dumps({"run": results.get("model"), "seed": results.get("seed")}))

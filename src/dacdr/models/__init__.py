@@ -7,6 +7,7 @@ from dacdr.models import dnn_single as _dnn_single  # noqa: F401
 from dacdr.models import emcdr as _emcdr  # noqa: F401
 from dacdr.models import mmoe as _mmoe  # noqa: F401
 from dacdr.models import ple as _ple  # noqa: F401
+from dacdr.models import pop as _pop  # noqa: F401  (the popularity floor)
 from dacdr.models import ptupcdr as _ptupcdr  # noqa: F401
 from dacdr.models import shared_bottom as _shared_bottom  # noqa: F401
 from dacdr.models import sscdr as _sscdr  # noqa: F401
