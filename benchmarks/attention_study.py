@@ -50,6 +50,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "id": {"value_init": "identity"},
     "pos": {"position_keys": True},
     "T0.5": {"temperature": 0.5},
+    "mass": {"mass_feature": True},
     "values": {"match_on": "values"},
     "drop": {"ablation": "drop"},
 }
@@ -88,6 +89,13 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     root = Path(args.data_root)
     path, data_cfg, train, dim = world(args.world, root)
+    # A budget other than the world's own is recorded as part of the world's label: `demo@e8-p3-s1.0`.
+    budget = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v is not None}
+    train = train.model_copy(update=budget)
+    if args.source_rate is not None:
+        data_cfg = data_cfg.model_copy(update={"source_sample_rate": args.source_rate})
+    label_world = args.world + (f"@e{train.epochs}-p{train.patience}-s{data_cfg.source_sample_rate}"
+                                if budget or args.source_rate is not None else "")
     prepared = prepare_cached(path, max_len=data_cfg.max_len, valid_share=data_cfg.valid_share,
                               source_sample_rate=data_cfg.source_sample_rate, log=lambda *a: None)
     out = Path(args.out)
@@ -99,22 +107,24 @@ def run(args: argparse.Namespace) -> None:
     split = prepared.split
     for seed in [int(s) for s in args.seeds.split(",")]:
         for label in args.variants.split(","):
-            if (args.world, label, seed) in done:
+            if (label_world, label, seed) in done:
                 continue
             name, params = variant(label)
             params.setdefault("dim", dim)
             cfg = RunConfig(data=data_cfg, model=ModelConfig(name=name, params=params),
                             train=train.model_copy(update={"seed": seed, "num_threads": args.threads}))
-            run_dir = Path(args.runs) / args.world / f"{label.replace('/', '').replace(' ', '_')}-seed{seed}"
+            run_dir = Path(args.runs) / label_world / f"{label.replace('/', '').replace(' ', '_')}-seed{seed}"
             t0 = time.perf_counter()
             r = train_run(cfg, prepared=prepared, run_dir=run_dir, console=Console(quiet=True), resume=False)
             record = {
-                "world": args.world, "variant": label, "model": name, "params": params, "seed": seed,
+                "world": label_world, "variant": label, "model": name, "params": params, "seed": seed,
                 "valid_score": max(h.get("valid_score", float("nan")) for h in r["history"]),
                 "epochs": len(r["history"]),
                 "cold_auc": {d: m["auc"] for d, m in r["test"]["cold"].items()},
                 "all_auc": {d: m["auc"] for d, m in r["test"]["all"].items()},
                 "seconds": round(time.perf_counter() - t0, 1),
+                "valid_curve": [round(h.get("valid_score", float("nan")), 5) for h in r["history"]],
+                "samples_per_s": [round(h.get("samples_per_s", 0.0)) for h in r["history"]],
             }
             for key in ("oracle", "oracle_transferable", "plugin"):
                 if key in r:
@@ -124,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
                 record["relevance"] = relevance_mass(model, prepared, path, split.test[split.test_cold])
             with open(out, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            print(f"{args.world} {label} seed {seed}: cold AUC "
+            print(f"{label_world} {label} seed {seed}: cold AUC "
                   f"{ {d: round(v, 4) for d, v in record['cold_auc'].items()} } valid {record['valid_score']:.4f} "
                   f"({record['seconds']:.0f} s)", flush=True)
 
@@ -183,6 +193,9 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/attention-study")
     ap.add_argument("--data-root", default="data/attention-study")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, help="budget: epochs instead of the world's (recorded in the label)")
+    ap.add_argument("--patience", type=int, help="budget: early-stopping patience instead of the world's")
+    ap.add_argument("--source-rate", type=float, help="budget: share of source rows drawn as training samples")
     ap.add_argument("--report", help="print the tables of this JSONL file instead of training")
     ap.add_argument("--baseline", default="pool")
     args = ap.parse_args()

@@ -196,6 +196,23 @@ def test_cross_attention_all_masked_rows_are_zero():
     assert torch.all(w[2, ..., 1:] == 0)
 
 
+def test_log_mass_is_zero_for_equal_scores_and_grows_with_a_match():
+    att = CrossAttention(4, heads=1)
+    with torch.no_grad():
+        att.w_q.weight.copy_(torch.eye(4))
+        att.w_k.weight.copy_(torch.eye(4))
+    keys = torch.zeros(3, 6, 4)
+    keys[1, 0] = torch.tensor([9.0, 0, 0, 0])  # one behaviour matches the query strongly
+    keys[2, :3] = torch.tensor([9.0, 0, 0, 0])  # three do
+    query = torch.tensor([[[1.0, 0, 0, 0]]]).expand(3, 1, 4)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    _, log_mass = att.weights_and_mass(query, keys, mask)
+    assert log_mass[0].abs().max() < 1e-6
+    assert 0 < log_mass[1, 0, 0] < log_mass[2, 0, 0]  # the count of matching behaviours survives
+    _, empty = att.weights_and_mass(query, keys, torch.zeros(3, 6, dtype=torch.bool))
+    assert torch.all(empty == 0)
+
+
 def test_dim_must_divide_heads(handmade_prepared):
     with pytest.raises(ValueError, match="divisible"):
         create_model("DACDR", handmade_prepared.spec, dim=30, heads=4)
@@ -208,7 +225,7 @@ def test_unknown_model_name(handmade_prepared):
 
 @pytest.mark.parametrize("name", DACDR_VARIANTS)
 @pytest.mark.parametrize("params", [{}, {"match_features": False}, {"match_on": "values", "ablation": "drop"},
-                                    {"position_keys": True, "value_init": "identity"}])
+                                    {"position_keys": True, "value_init": "identity"}, {"mass_feature": True}])
 def test_one_history_against_many_items_equals_repeated_rows(name, params, handmade_prepared, batch):
     """Serving scores one user's history against N candidates with batch-1 user inputs; the scores must be
     those of the history repeated on every row."""

@@ -73,12 +73,13 @@ class DACDR(RecModel):
         value_init: Literal["random", "identity"] = "random",
         position_keys: bool = False,
         temperature: float = 1.0,
+        mass_feature: bool = False,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
             encoder_hidden=list(encoder_hidden), predictor_hidden=list(predictor_hidden), dropout=dropout,
             match_features=match_features, match_on=match_on, ablation=ablation, value_init=value_init,
-            position_keys=position_keys, temperature=temperature,
+            position_keys=position_keys, temperature=temperature, mass_feature=mass_feature,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -109,7 +110,11 @@ class DACDR(RecModel):
         # candidate token with what the history offers for it, so it need not learn a dot product with ReLUs.
         # `match_features=False` is MODEL.md verbatim ("DACDR (paper)").
         self.match_features = match_features
-        self.predictor = mlp([user_dim + n * dim * (2 if match_features else 1), *predictor_hidden, 1], dropout)
+        # (lever, docs/models.md) the item-level step's log normaliser per candidate token: how strongly the
+        # history matched the candidate at all, which the softmax divides out (0 for a removed step).
+        self.mass_feature = mass_feature
+        pred_in = user_dim + n * dim * (2 if match_features else 1) + (n if mass_feature else 0)
+        self.predictor = mlp([pred_in, *predictor_hidden, 1], dropout)
 
     @classmethod
     def legacy_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +135,10 @@ class DACDR(RecModel):
         s = emb.sequence(seq)
         e_d = emb.tokens(domain, self.spec.domain_fields)
         e_i = emb.tokens(item, self.spec.item_fields)
-        keys = s if self.positions is None else s + self.positions(recency_index(seq_mask))
+        if self.positions is None:
+            keys = s
+        else:  # behaviours older than max_len (longer inputs than training saw) share the oldest code
+            keys = s + self.positions(recency_index(seq_mask).clamp_max(self.spec.max_len - 1))
         out: dict[str, torch.Tensor] = {"seq": s, "E_d": e_d, "E_i": e_i}
         uniform = uniform_weights(seq_mask)  # [B, 1, 1, L]
 
@@ -147,9 +155,11 @@ class DACDR(RecModel):
         # Step 2 (IA): which of those matter for this candidate, inside step 1's allocation.
         if self.use_ia:
             log_prior = torch.log(alpha.clamp_min(1e-12)) if self.use_da else None
-            a_i = self.item_attention.weights(e_i, keys, seq_mask, log_prior)
+            a_i, log_mass = self.item_attention.weights_and_mass(e_i, keys, seq_mask, log_prior)
+            out["log_mass"] = log_mass.mean(1)  # [B, n]
         else:
             a_i = alpha[:, None, None, :].expand(-1, 1, e_i.shape[1], -1)
+            out["log_mass"] = torch.zeros(alpha.shape[0], e_i.shape[1], dtype=s.dtype, device=s.device)
         out["A_i"] = a_i
         if self.item_attention is not None:
             out["H_i"] = self.item_attention.values(a_i, s)
@@ -182,6 +192,8 @@ class DACDR(RecModel):
         pred_in = [user, parts["E_i"].reshape(b, -1)]
         if self.match_features:
             pred_in.append((parts["offered"] * parts["E_i"]).reshape(b, -1))
+        if self.mass_feature:
+            pred_in.append(parts["log_mass"].expand(b, -1))
         return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
 
 

@@ -81,6 +81,19 @@ class CrossAttention(nn.Module):
         log_prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention weights [B, h, m, L] of query [B, m, k] over keys [B (or 1), L, k]; zero on masked keys."""
+        return self.weights_and_mass(query, keys, mask, log_prior)[0]
+
+    def weights_and_mass(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        log_prior: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights and the log of their normaliser relative to uniform scores, [B, h, m]: 0 when every
+        key scores the same, large when a few keys score high. The softmax divides it out, and with it how many
+        behaviours matched the query (DIN keeps it by not normalising); a model may feed it back. 0 for an
+        empty history."""
         if self.w_q is None or self.w_k is None:
             raise RuntimeError("this attention has no scoring path (scores=False): pass its weights")
         b, m, _ = query.shape
@@ -92,7 +105,13 @@ class CrossAttention(nn.Module):
             logits = logits + log_prior[:, None, None, :]
         keep = mask[:, None, None, :]
         logits = logits.masked_fill(~keep, _MASKED)
-        return torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
+        weights = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
+        # log sum_l prior_l e^score_l; without a prior the prior is uniform, 1 / (valid keys)
+        valid = keep.to(logits.dtype).sum(-1)
+        log_mass = torch.logsumexp(logits, dim=-1)
+        if log_prior is None:
+            log_mass = log_mass - torch.log(valid.clamp_min(1.0))
+        return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
 
     def values(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``(weights V W_V) W_O``: weights [B, h or 1, m, L], values [B (or 1), L, k] -> [B, m, k]."""
