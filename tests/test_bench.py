@@ -130,3 +130,19 @@ def test_cli_rejects_an_unknown_model(tmp_path):
     assert result.exit_code == 2
     assert "unknown model" in result.output
     assert not (tmp_path / "data").exists()  # failed before generating anything
+
+
+@pytest.mark.slow
+def test_cli_quick_bench_on_the_mechanism_world(tmp_path):
+    """`dacdr bench --preset mechanism --quick` runs end to end (three models here, to stay fast) and reports
+    the references, the ablation test and the mechanism world's settings."""
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, ["bench", "--preset", "mechanism", "--quick", "--jobs", "1", "--threads", "1",
+                                      "--models", "Pop,DACDR,DACDR w/o DA&IA", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["dataset"]["preset"] == "mechanism" and saved["dataset"]["preset_overrides"] == {"n_users": 6000}
+    assert set(saved["models"]) == {"Pop", "DACDR", "DACDR w/o DA&IA"}
+    assert "DACDR w/o DA&IA" in saved["ablation_tests"]
+    for d, ref in saved["oracle_transferable"].items():
+        assert saved["plugin"][d]["auc"] < ref["auc"] <= saved["oracle"][d]["auc"] + 0.02
