@@ -240,3 +240,23 @@ def test_one_history_against_many_items_equals_repeated_rows(name, params, handm
                      batch["item"][:n], batch["domain"][row : row + 1].expand(n, -1))
     assert one.shape == (n,)
     torch.testing.assert_close(one, repeated, atol=1e-6, rtol=1e-5)
+
+
+def test_cross_attention_equals_the_textbook_computation():
+    """The implementation projects the queries into key space and the averaged history once; it must give
+    the weights and outputs of softmax(Q W_Q (K W_K)^T / sqrt(d) + log prior) V W_V W_O, heads concatenated."""
+    torch.manual_seed(0)
+    att = CrossAttention(8, heads=2, temperature=0.7)
+    q, kv = torch.randn(4, 3, 8), torch.randn(4, 6, 8)
+    mask = torch.rand(4, 6) < 0.7
+    mask[:, -1] = True
+    prior = torch.softmax(torch.randn(4, 6), -1)
+    out, w = att(q, kv, mask, prior.log())
+    qh = att.w_q(q).view(4, 3, 2, 4).transpose(1, 2)
+    kh = att.w_k(kv).view(4, 6, 2, 4).transpose(1, 2)
+    vh = att.w_v(kv).view(4, 6, 2, 4).transpose(1, 2)
+    logits = qh @ kh.transpose(-1, -2) / (2.0 * 0.7) + prior.log()[:, None, None, :]
+    ref_w = torch.softmax(logits.masked_fill(~mask[:, None, None, :], float("-inf")), -1)
+    ref = att.w_o((ref_w @ vh).transpose(1, 2).reshape(4, 3, 8))
+    torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
