@@ -61,12 +61,12 @@ def spec(tiny: Path) -> dict:
 
 
 def test_presets_and_overrides() -> None:
-    assert set(PRESETS) == {"tiny", "demo", "industrial", "scale"}
+    assert set(PRESETS) == {"tiny", "demo", "industrial", "scale", "mechanism", "mechanism-tiny"}
     cfg = get_preset("demo", n_users=123, source={"click_rate": 0.05})
     assert cfg.n_users == 123
     assert cfg.source.click_rate == 0.05
     assert cfg.source.events_per_user == PRESETS["demo"].source.events_per_user  # nested merge keeps the rest
-    with pytest.raises(ValueError, match="tiny, demo, industrial, scale"):
+    with pytest.raises(ValueError, match="tiny, demo, industrial, mechanism, mechanism-tiny, scale"):
         get_preset("nope")
     with pytest.raises(ValidationError):
         get_preset("tiny", not_a_field=1)
@@ -127,6 +127,8 @@ def test_layout(tiny: Path, spec: dict) -> None:
         ("label", "double"),
         ("timestamp", "int64"),
         ("p_true", "double"),
+        ("p_transferable", "double"),
+        ("p_plugin", "double"),
     ]
     assert not any(tiny.parent.glob(".*"))  # no temporary directory left behind
 
