@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dacdr.data.features import FeatureSpec
@@ -42,10 +42,18 @@ def save_model(model: RecModel, name: str, directory: str | Path, extra: dict[st
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": str(MODEL_FORMAT), "name": name})
+    # One metadata key: safetensors writes metadata in hash-map order, which differs between processes, and a
+    # package's version is named after the digest of this file.
+    save_file(tensors, str(tmp), metadata={"dacdr": json.dumps({"format": MODEL_FORMAT, "name": name})})
     os.replace(tmp, directory / WEIGHTS)
     _atomic_write_text(directory / DESCRIPTION, json.dumps(model_description(name, model) | (extra or {}), indent=1))
     return directory
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header, without reading the data."""
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (not a dict)
 
 
 def load_model(directory: str | Path) -> tuple[RecModel, dict[str, Any]]:
@@ -63,12 +71,32 @@ def load_model(directory: str | Path) -> tuple[RecModel, dict[str, Any]]:
         raise CheckpointError(f"{desc_path}: not a valid model description ({e})") from e
     if desc.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{desc_path}: model format {desc.get('format')!r}, expected {MODEL_FORMAT}")
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{desc_path}: params must be a mapping, got {type(params).__name__}")
+    try:
+        header = _tensor_shapes(weights_path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{weights_path}: unreadable safetensors file ({e})") from e
+    # Build on the meta device first (no memory) and compare every shape with the file's header, so a
+    # description that would allocate far more than its weights (`dim: 200000`) fails before allocating.
     try:
         entry = get_entry(name)
         params = {k: v for k, v in entry.cls.legacy_params(params).items() if k not in entry.fixed}
-        model = create_model(name, spec, **params)
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in create_model(name, spec, **params).state_dict().items()}
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{desc_path}: cannot build model {name!r}: {e}") from e
+        raise CheckpointError(f"{desc_path}: cannot build model {name!r}: {e.args[0] if e.args else e}") from e
+    except Exception as e:  # noqa: BLE001  (any constructor failure is a bad description, not a crash)
+        raise CheckpointError(f"{desc_path}: cannot build model {name!r}: {type(e).__name__}: {e}") from e
+    missing, unexpected = sorted(set(shapes) - set(header)), sorted(set(header) - set(shapes))
+    if missing or unexpected:
+        raise CheckpointError(f"{weights_path}: weights do not match {name!r} as described in {DESCRIPTION}: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, shape in shapes.items():
+        if header[k] != shape:
+            raise CheckpointError(f"{weights_path}: weights do not match {name!r}: {k} is {list(header[k])} in "
+                                  f"the file, {DESCRIPTION} implies {list(shape)}")
+    model = create_model(name, spec, **params)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
