@@ -13,33 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dacdr.export import export_package
 from dacdr.fsutil import FAULT_ENV
 from dacdr.package import MANIFEST, PackageError, build_package, load_package
 from dacdr.serving.scoring import Scorer
+from tests.reliability.conftest import QUIET
 from tests.reliability.helpers import copy_package, reseal
-from tests.serving.helpers import train_tiny_run
-
-QUIET = {"log": lambda *_: None}
-
-
-@pytest.fixture(scope="module")
-def runs(handmade_path, tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel-runs")
-    return train_tiny_run(handmade_path, root / "run0", seed=0), train_tiny_run(handmade_path, root / "run1", seed=1)
-
-
-@pytest.fixture(scope="module")
-def packages(runs, tmp_path_factory):
-    """Two packages of different models, each with an ONNX export inside."""
-    root = tmp_path_factory.mktemp("rel-pkgs")
-    out = []
-    for i, run in enumerate(runs):
-        pkg = build_package(run, root / f"pkg{i}", **QUIET)
-        export_package(pkg, "onnx")
-        out.append(pkg)
-    return out
-
 
 # ------------------------------------------------------------------------------------------ 1. exports
 
