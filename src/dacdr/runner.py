@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from dacdr.config import DataConfig, RunConfig
+from dacdr.config import DataConfig, RunConfig, check_model_params
 from dacdr.data.samples import PreparedData, prepare_cached
-from dacdr.models import create_model, get_entry
+from dacdr.models import create_model
 from dacdr.training.trainer import Trainer
 
 
@@ -71,7 +71,7 @@ def train_run(
     resume: bool = True,
 ) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, keep the best checkpoint, evaluate it on the test split."""
-    get_entry(cfg.model.name)  # fail on an unknown model before any data work
+    check_model_params(cfg, "config")  # fail on an unknown model or a bad parameter before any data work
     prepared = prepared or prepare_data(cfg.data)
     run_dir = Path(run_dir or cfg.out or f"runs/{cfg.model.name.replace(' ', '_')}-seed{cfg.train.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
