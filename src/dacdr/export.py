@@ -86,7 +86,7 @@ def export_package(package_dir: str | Path, fmt: Format, out: str | Path | None 
         data = onnx_bytes(pkg.model)
     else:
         buf = io.BytesIO()
-        torchscript_module(pkg.model).save(buf)
+        torch.jit.save(torchscript_module(pkg.model), buf)
         data = buf.getvalue()
     sidecar = {"format": fmt, "package_version": pkg.version, "inputs": list(pkg.model.inputs),
                "dynamic_axes": _dynamic_axes(tuple(pkg.model.inputs), pkg.model.broadcasts_history)}

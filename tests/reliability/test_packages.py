@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dacdr.export import export_package
 from dacdr.fsutil import FAULT_ENV
 from dacdr.package import MANIFEST, PackageError, build_package, load_package
 from dacdr.serving.scoring import Scorer
@@ -26,6 +27,16 @@ def test_export_is_listed_in_the_manifest(packages):
     manifest = json.loads((packages[0] / MANIFEST).read_text())
     assert {"model.onnx", "model.onnx.json"} <= set(manifest["files"])
     assert load_package(packages[0]).version == manifest["package_version"]
+
+
+def test_a_torchscript_export_is_listed_and_loads(packages, tmp_path):
+    pkg = copy_package(packages[0], tmp_path / "pkg")
+    export_package(pkg, "torchscript")
+    manifest = load_package(pkg).manifest
+    assert {"model.onnx", "model.torchscript.pt", "model.torchscript.pt.json"} <= set(manifest["files"])
+    module = torch.jit.load(str(pkg / "model.torchscript.pt"))
+    assert len(list(module.parameters())) > 0
+    assert not list(Path.cwd().glob("<_io.BytesIO*")), "the export went to a stray file"
 
 
 def test_another_models_export_copied_in_is_refused(packages, tmp_path):

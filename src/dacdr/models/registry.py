@@ -64,6 +64,7 @@ class ModelParamsError(ValueError):
 
 ZERO_ALLOWED = {"n_shared_experts"}
 """integer parameters for which 0 is meaningful; every other integer parameter must be >= 1"""
+POSITIVE_FLOATS = {"temperature"}
 
 
 def _constrain(tp: Any, name: str) -> Any:
@@ -75,7 +76,7 @@ def _constrain(tp: Any, name: str) -> Any:
     if tp is int:
         return Annotated[int, Strict(), Field(ge=0 if name in ZERO_ALLOWED else 1)]
     if tp is float:
-        bounds = {"ge": 0.0, "lt": 1.0} if name == "dropout" else {}
+        bounds = {"ge": 0.0, "lt": 1.0} if name == "dropout" else {"gt": 0.0} if name in POSITIVE_FLOATS else {}
         return Annotated[float, Field(allow_inf_nan=False, **bounds)]
     if origin in (typing.Union, types.UnionType):
         return typing.Union[tuple(_constrain(a, name) for a in args)]  # noqa: UP007  (built from a tuple)
