@@ -87,7 +87,10 @@ def recover_dir(dest: str | Path) -> bool:
         return False
     if not olds:
         return False
-    olds[-1].rename(dest)
+    try:
+        olds[-1].rename(dest)
+    except FileNotFoundError:  # another process (a DDP rank) restored it first
+        return False
     for old in olds[:-1]:
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(dest.parent)
