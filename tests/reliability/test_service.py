@@ -214,6 +214,17 @@ def test_a_client_stalling_in_its_headers_is_disconnected(slow_server):
         assert time.monotonic() - t0 < 5
 
 
+def test_a_kept_alive_connection_stalling_in_its_next_request_is_disconnected(slow_server):
+    with _connect(slow_server) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _ = _response(s)
+        assert status.startswith("HTTP/1.1 200")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        t0 = time.monotonic()
+        assert s.recv(1024) == b""
+        assert time.monotonic() - t0 < 5
+
+
 def test_a_client_stalling_in_its_body_gets_a_408(slow_server):
     with _connect(slow_server) as s:
         s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

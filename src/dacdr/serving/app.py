@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
 import time
 from contextlib import asynccontextmanager
@@ -149,18 +150,21 @@ class _Limits:
             self.metrics.observe(scope.get("method", ""), path, status["code"], time.perf_counter() - t0)
 
 
+HEADER_TIMEOUT_ENV = "DACDR_HEADER_TIMEOUT_S"
+
+
 class HeaderTimeoutH11(H11Protocol):
     """uvicorn's h11 protocol with a deadline for request headers (uvicorn has none): a connection that opens,
-    or starts a next request, and does not complete its headers within `header_timeout_s` is closed."""
+    or starts a next request, and does not complete its headers within `$DACDR_HEADER_TIMEOUT_S` seconds
+    (default 10) is closed. The setting travels in the environment so that worker processes inherit it."""
 
-    header_timeout_s = 10.0
     _timer: asyncio.TimerHandle | None = None
     _armed_cycle: object = None
 
     def _arm(self) -> None:
         self._disarm()
         self._armed_cycle = self.cycle
-        self._timer = self.loop.call_later(self.header_timeout_s, self._expire)
+        self._timer = self.loop.call_later(float(os.environ.get(HEADER_TIMEOUT_ENV, "10")), self._expire)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -189,7 +193,9 @@ class HeaderTimeoutH11(H11Protocol):
 
 
 def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
-    return type("HeaderTimeoutH11", (HeaderTimeoutH11,), {"header_timeout_s": seconds})
+    """The protocol class for `uvicorn.run(http=...)`, with `seconds` as the header deadline."""
+    os.environ[HEADER_TIMEOUT_ENV] = str(seconds)
+    return HeaderTimeoutH11
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
