@@ -10,6 +10,7 @@ from rich.console import Console
 
 from dacdr.config import DataConfig, RunConfig, check_model_params
 from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.fsutil import recover_dir
 from dacdr.models import create_model
 from dacdr.training.trainer import Trainer
 
@@ -77,6 +78,7 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
     previous = run_dir / "config.yaml"
+    recover_dir(run_dir / "resume")  # a checkpoint swap cut short: its previous checkpoint counts below
     if resume and (run_dir / "resume").exists() and previous.exists() and not _same_config(previous, cfg):
         # Resuming under another config would silently mix two runs' weights and history.
         raise ValueError(f"{run_dir} holds a run with a different config.yaml; resume needs the same config "
