@@ -53,3 +53,20 @@ def test_create_model_validates_too(handmade_prepared):
         create_model("DACDR", handmade_prepared.spec, user_dim=-1)
     with pytest.raises(ModelParamsError, match=r"model.params.inner_lr: Input should be a finite number"):
         create_model("TMCDR", handmade_prepared.spec, n_users=10, inner_lr=float("inf"))
+
+
+def test_experiment_model_params_are_validated_on_load(tmp_path):
+    from dacdr.config import ConfigError
+    from dacdr.experiment import load_experiment
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "x", "models": ["DACDR", "PLE"],
+        "data": {"format": "table", "name": "x", "source": "a", "targets": ["b"],
+                 "files": {"a": "a.csv", "b": "b.csv"}},
+        "model_params": {"DACDR": {"dim": 8, "heads": 0}, "PLE": {"levels": "two"}},
+    }))
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert "model_params.DACDR.heads: Input should be greater than or equal to 1" in str(err.value)
+    assert "model_params.PLE.levels: Input should be a valid integer" in str(err.value)
