@@ -183,3 +183,22 @@ def test_overwrite_killed_between_its_renames_leaves_a_package(runs, tmp_path, f
     assert load_package(out).version == versions[survivor]
     build_package(runs[0], out, overwrite=True, **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "pkg"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fault injection forks a child")
+@pytest.mark.parametrize("fault,exported", [("export.aside", False), ("export.swapped", True)])
+def test_export_killed_while_republishing_leaves_a_whole_package(runs, tmp_path, fault, exported):
+    pkg = build_package(runs[0], tmp_path / "pkg", **QUIET)
+    version = load_package(pkg).version
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.environ[FAULT_ENV] = fault
+            export_package(pkg, "onnx")
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{fault} was never reached"
+    loaded = load_package(pkg)
+    assert loaded.version == version
+    assert ("model.onnx" in loaded.manifest["files"]) == exported == (pkg / "model.onnx").is_file()

@@ -151,7 +151,7 @@ def load_checkpoint(directory: Path, log=None) -> tuple[RecModel, dict[str, Any]
             return None
         raise CheckpointError(
             f"{directory}: torn checkpoint: {', '.join(present)} without {STATE} (a write was interrupted); "
-            "delete the folder to restart from the last complete epoch's start, or use --no-resume")
+            "refusing to resume from it; delete it or use --no-resume to start the run over")
     try:
         state = json.loads((directory / STATE).read_text())
     except (OSError, json.JSONDecodeError) as e:
