@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-TOKEN = "loadtest-token"
+TOKEN = "loadtest-token-0123456789"
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dacdr.export import export_package, exported_onnx_for, onnx_bytes, torchscript_module
-from dacdr.package import build_package, load_package
+from dacdr.package import PackageError, build_package, load_package
 from tests.serving.helpers import train_tiny_run
 
 SHAPES = [(1, 1), (5, 8), (3, 17)]  # (batch, length): 17 > the model's max_len and the traced length
@@ -92,14 +92,17 @@ def test_export_package_writes_files_with_a_version_sidecar(package, tmp_path):
     pkg = load_package(package)
     onnx_path = export_package(package, "onnx")
     assert onnx_path == package / "model.onnx"
-    side = json.loads((package / "model.onnx.json").read_text())
+    side_text = (package / "model.onnx.json").read_text()
+    side = json.loads(side_text)
     assert side["package_version"] == pkg.version
     assert side["dynamic_axes"]["seq"] == {"0": "users", "1": "length"}  # DACDR broadcasts one history
     assert side["dynamic_axes"]["item"] == {"0": "batch"}
-    assert exported_onnx_for(pkg) == onnx_path.read_bytes()
-    # An export made from another package version is not served.
+    assert exported_onnx_for(load_package(package)) == onnx_path.read_bytes()
+    # An export's sidecar edited to another package version is refused (it is checksummed in the manifest).
     (package / "model.onnx.json").write_text(json.dumps(side | {"package_version": "other"}))
-    assert exported_onnx_for(pkg) is None
+    with pytest.raises(PackageError, match=r"model.onnx.json: sha256 differs"):
+        load_package(package)
+    (package / "model.onnx.json").write_text(side_text)
     ts = export_package(package, "torchscript", tmp_path / "model.pt")
     assert ts.is_file() and (tmp_path / "model.pt.json").is_file()
     with pytest.raises(ValueError, match="--format"):

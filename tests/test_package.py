@@ -31,7 +31,7 @@ def test_round_trip_keeps_weights_vocabularies_and_metrics(run_dir, package):
     for (k, a), (_, b) in zip(model.state_dict().items(), pkg.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     manifest = json.loads((package / MANIFEST).read_text())
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert pkg.version == manifest["package_version"] and pkg.version.startswith("DACDR-")
     assert pkg.metrics["test"]["cold"], "metrics of the run travel with the package"
     assert [d["domain"] for d in pkg.domains] == ["source", "target_a", "target_b"]
@@ -124,7 +124,7 @@ def test_mismatched_but_consistently_checksummed_file_is_named(package, tmp_path
     (pkg / "vocabs.json").write_text(json.dumps(vocabs))
     manifest = json.loads((pkg / MANIFEST).read_text())
     manifest["files"]["vocabs.json"] = sha256_file(pkg / "vocabs.json")
-    manifest["checksum"] = _manifest_checksum(manifest["files"])
+    manifest["checksum"] = _manifest_checksum(manifest)
     (pkg / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=r"vocabs.json: sizes do not match model.json"):
         load_package(pkg)

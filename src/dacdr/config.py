@@ -86,8 +86,8 @@ class TrainConfig(_Strict):
     epochs: int = Field(10, gt=0, description="maximum epochs")
     batch_size: int = Field(1024, gt=0)
     eval_batch_size: int = Field(8192, gt=0)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(2e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     patience: int = Field(2, ge=0, description="epochs without validation improvement before stopping")
     seed: int = 0
     num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
@@ -141,10 +141,28 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for i, key in enumerate(parents):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"--set {dotted}: {where} is a value ({node!r}), not a section with fields")
         node[leaf] = value
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from e
+    check_model_params(cfg, str(path))
+    return cfg
+
+
+def check_model_params(cfg: RunConfig, source: str) -> None:
+    """Validate `model.params` against the model's constructor (a `ConfigError` naming each field's path)."""
+    from dacdr.models.registry import ModelParamsError, validate_params
+
+    try:
+        validate_params(cfg.model.name, cfg.model.params)
+    except KeyError as e:
+        raise ConfigError(f"{source}: invalid configuration\n  model.name: {e.args[0]}") from e
+    except ModelParamsError as e:
+        raise ConfigError("\n".join([f"{source}: invalid configuration",
+                                      *(f"  {loc}: {msg}" for loc, msg in e.errors)])) from e

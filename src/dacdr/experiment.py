@@ -158,7 +158,24 @@ def load_experiment(path: str | Path, params: dict[str, str] | None = None) -> E
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from e
+    _check_model_params(cfg, str(path))
     return cfg.model_copy(update={"data": cfg.data.resolve(path.parent)})
+
+
+def _check_model_params(cfg: ExperimentConfig, source: str) -> None:
+    """Each registered model's `model_params` validated before any data work, with the field's path."""
+    from dacdr.models import model_names
+    from dacdr.models.registry import ModelParamsError, validate_params
+
+    errors: list[tuple[str, str]] = []
+    for name, params in cfg.model_params.items():
+        if name in model_names():  # an unregistered optional model is skipped later, with a note
+            try:
+                validate_params(name, params, prefix=f"model_params.{name}.")
+            except ModelParamsError as e:
+                errors += e.errors
+    if errors:
+        raise ConfigError("\n".join([f"{source}: invalid configuration", *(f"  {loc}: {msg}" for loc, msg in errors)]))
 
 
 def converted_path(cfg: ExperimentConfig) -> Path:

@@ -2,14 +2,17 @@
 
 Both formats take the model's `inputs` (by default `seq` [B, L, F] int64, `seq_mask` [B, L] bool,
 `item` [B, n] int64, `domain` [B, m] int64; `user` [B] int64 for models that use it) and return the raw
-score [B]. The export file sits beside a small JSON sidecar holding the package version it came from, so
-a stale export of an older package is detected instead of silently served.
+score [B]. The export file sits beside a small JSON sidecar holding the package version it came from. An
+export written into its package (the default) is listed with its sidecar in the package manifest and
+checksummed, and the package is re-published as one unit; `load_package` refuses an export whose checksum
+or version does not match, and one that is present but unlisted, so a copied-in graph is never served.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -77,27 +80,45 @@ def export_package(package_dir: str | Path, fmt: Format, out: str | Path | None 
     if fmt not in EXPORT_FILES:
         raise ValueError(f"--format must be one of {sorted(EXPORT_FILES)}, got {fmt!r}")
     pkg = load_package(package_dir)
-    out = Path(out) if out else pkg.path / EXPORT_FILES[fmt]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    name = EXPORT_FILES[fmt]
+    out = Path(out) if out else pkg.path / name
     if fmt == "onnx":
-        out.write_bytes(onnx_bytes(pkg.model))
+        data = onnx_bytes(pkg.model)
     else:
-        torchscript_module(pkg.model).save(str(out))
+        buf = io.BytesIO()
+        torch.jit.save(torchscript_module(pkg.model), buf)
+        data = buf.getvalue()
     sidecar = {"format": fmt, "package_version": pkg.version, "inputs": list(pkg.model.inputs),
                "dynamic_axes": _dynamic_axes(tuple(pkg.model.inputs), pkg.model.broadcasts_history)}
-    out.with_name(out.name + ".json").write_text(json.dumps(sidecar, indent=1))
+    side_bytes = json.dumps(sidecar, indent=1).encode()
+    if out.resolve() == (pkg.path / name).resolve():
+        from dacdr.package import add_to_package
+
+        add_to_package(pkg.path, {name: data, name + ".json": side_bytes})
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, blob in ((out, data), (out.with_name(out.name + ".json"), side_bytes)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
     return out
 
 
 def exported_onnx_for(pkg) -> bytes | None:
-    """The package's exported ONNX file if present and made from this very package version, else None."""
-    path = pkg.path / EXPORT_FILES["onnx"]
-    side = path.with_name(path.name + ".json")
-    if not (path.is_file() and side.is_file()):
+    """The package's exported ONNX graph when its manifest lists one, read and checked against its sha256
+    (a `PackageError` when it differs); None when the package has no export (the caller exports in memory)."""
+    import hashlib
+
+    from dacdr.package import MANIFEST, PackageError
+
+    name = EXPORT_FILES["onnx"]
+    digest = pkg.manifest["files"].get(name)
+    if digest is None:
         return None
     try:
-        if json.loads(side.read_text()).get("package_version") != pkg.version:
-            return None
-    except json.JSONDecodeError:
-        return None
-    return path.read_bytes()
+        data = (pkg.path / name).read_bytes()
+    except OSError as e:
+        raise PackageError(f"{name}: unreadable ({e.strerror})") from e
+    if hashlib.sha256(data).hexdigest() != digest:  # re-checked here: the file is read after verification
+        raise PackageError(f"{name}: sha256 differs from {MANIFEST} (file modified or corrupt)")
+    return data

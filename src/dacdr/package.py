@@ -2,7 +2,8 @@
 
 ```
 PKG/
-  manifest.json       schema version, package version, model name, sha256 of every file below, checksum
+  manifest.json       schema version, package version, model name, sha256 of every file below, and
+                      `checksum`, the sha256 of every other field of the manifest
   model.safetensors   weights (safetensors: tensors only, no pickle)
   model.json          registry name, constructor params, FeatureSpec
   vocabs.json         the id vocabularies (raw value -> index; PAD=0, OOV=1)
@@ -10,22 +11,27 @@ PKG/
   domains.json        the domain registry: name, index, role, domain-feature values
   metrics.json        the run's test metrics (results.json of the run), or {}
   store.sqlite        each user's most recent source behaviours of the training period (`HistoryStore`)
+  model.onnx, model.torchscript.pt (+ .json sidecars)   optional, added by `dacdr export`, listed and checksummed
 ```
 
-`load_package` checks, before anything is built, that every listed file exists and has the recorded
-sha256, and that the files agree with each other (vocabulary sizes, table shapes, store fields); any
-failure is a `PackageError` naming the file.
+`load_package` checks, before anything is built, that the manifest's checksum covers its fields, that every
+listed file is a plain file inside the package with the recorded sha256 (an export present but unlisted is
+refused), that the weights match the described shapes, and that the files agree with each other (vocabulary
+sizes, table shapes, store fields); any failure is a `PackageError` naming the file by its name in the
+package, never by a path outside it. Packages are written and re-published (export) as one unit
+(`dacdr.fsutil.atomic_dir`): a crash leaves the old package or the new one, never neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +44,12 @@ from safetensors.torch import load_file, save_file
 
 from dacdr.data.features import FIRST_ID, OOV, Vocabularies
 from dacdr.data.samples import PreparedData
+from dacdr.fsutil import atomic_dir, recover_dir, remove_stale_temps, sha256_file
 from dacdr.models import RecModel
 from dacdr.training.checkpoint import CheckpointError, load_model, save_model
 
-PACKAGE_SCHEMA = 1
+PACKAGE_SCHEMA = 2
+"""2: `checksum` covers every manifest field, exports are listed (1: it covered the file list only)"""
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 DESCRIPTION = "model.json"
@@ -51,6 +59,8 @@ DOMAINS = "domains.json"
 METRICS = "metrics.json"
 STORE = "store.sqlite"
 PACKAGE_FILES = (WEIGHTS, DESCRIPTION, VOCABS, TABLES, DOMAINS, METRICS, STORE)
+EXPORT_FILES = ("model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json")
+"""optional files `dacdr export` adds; when present they must be listed in the manifest"""
 STORE_FORMAT = 1
 
 
@@ -58,16 +68,30 @@ class PackageError(ValueError):
     """A package file that is missing, tampered with, or inconsistent with the others."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _manifest_checksum(files: dict[str, str]) -> str:
+def _content_digest(files: dict[str, str]) -> str:
+    """The digest of the model files alone: what the package version is named after."""
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def _manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of every manifest field but `checksum` itself (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest | {"checksum": _manifest_checksum(manifest)}
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def _safe_name(name: Any) -> bool:
+    """A manifest entry must be one of the package's own file names: no folders, `..` or absolute paths."""
+    return isinstance(name, str) and name in (*PACKAGE_FILES, *EXPORT_FILES) and Path(name).name == name
 
 
 # ------------------------------------------------------------------------------------------ history store
@@ -218,6 +242,8 @@ def build_package(
     from dacdr.data.dataset import read_spec
 
     run_dir, out = Path(run_dir), Path(out)
+    recover_dir(out)  # a previous --overwrite killed between its renames: its old package comes back first
+    remove_stale_temps(out)  # and half-written folders of killed builds go (one writer per package path)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
     model, desc = load_model(run_dir)
@@ -231,9 +257,9 @@ def build_package(
     if history_len < 1:
         raise ValueError(f"history_len must be >= 1, got {history_len}")
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    # Written into a new sibling folder that replaces `out` by rename; an old package is moved aside first and
+    # deleted only once the new one is in place (a crash between leaves it restorable: `recover_dir`).
+    with atomic_dir(out, overwrite=overwrite, fault="package") as tmp:
         save_model(model, desc["name"], tmp)
         prepared.vocabs.save(tmp / VOCABS)
         save_file({"item_table": torch.from_numpy(prepared.item_table.astype(np.int64)),
@@ -246,10 +272,9 @@ def build_package(
         before = read_spec(data_dir).test_start  # the store never holds test-period behaviours
         n_users = HistoryStore.build(tmp / STORE, prepared, history_len, before)
         files = {name: sha256_file(tmp / name) for name in PACKAGE_FILES}
-        checksum = _manifest_checksum(files)
-        manifest = {
+        manifest = _seal({
             "schema_version": PACKAGE_SCHEMA,
-            "package_version": f"{desc['name'].replace(' ', '_')}-{checksum[:12]}",
+            "package_version": f"{desc['name'].replace(' ', '_')}-{_content_digest(files)[:12]}",
             "model_name": desc["name"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source_run": str(run_dir.resolve()),
@@ -257,47 +282,98 @@ def build_package(
             "history_len": history_len,
             "store_users": n_users,
             "files": files,
-            "checksum": checksum,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        })
+        _write_manifest(tmp, manifest)
     log(f"packaged {desc['name']} as {manifest['package_version']} ({n_users} users in the store) -> {out}")
     return out
 
 
 def verify_package(path: str | Path) -> dict[str, Any]:
-    """Check the manifest and every file's sha256; returns the manifest."""
+    """Check the manifest (every field) and every listed file's sha256; returns the manifest.
+
+    Messages name files by their name in the package only, so an error sent to a client reveals no path.
+    """
     path = Path(path)
+    if not path.exists():
+        with contextlib.suppress(OSError):  # best effort: a reader may lack write access
+            recover_dir(path)  # an interrupted `package --overwrite`: the previous package is put back
     if not path.is_dir():
         raise PackageError(f"{path}: not a package directory")
     mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise PackageError(f"{MANIFEST}: missing in {path}")
+    if not mpath.is_file() or mpath.is_symlink():
+        raise PackageError(f"{MANIFEST}: missing from the package")
     try:
         manifest = json.loads(mpath.read_text())
         files: dict[str, str] = manifest["files"]
         schema = manifest["schema_version"]
-        manifest["package_version"], manifest["checksum"]  # noqa: B018  (presence check)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        manifest["package_version"], manifest["checksum"], manifest["model_name"]  # noqa: B018  (presence)
+        if not isinstance(files, dict):
+            raise TypeError("files is not a mapping")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise PackageError(f"{MANIFEST}: not a valid package manifest ({e})") from e
     if schema != PACKAGE_SCHEMA:
-        raise PackageError(f"{MANIFEST}: package schema {schema!r}, this dacdr reads {PACKAGE_SCHEMA}")
+        extra = " (its checksum does not cover every field; rebuild it with `dacdr package`)" if schema == 1 else ""
+        raise PackageError(f"{MANIFEST}: package schema {schema!r}, this dacdr reads {PACKAGE_SCHEMA}{extra}")
+    unsafe = [name for name in files if not _safe_name(name)]
+    if unsafe:
+        raise PackageError(f"{MANIFEST}: entries {unsafe!r} are not package files (only "
+                           f"{', '.join((*PACKAGE_FILES, *EXPORT_FILES))}; no folders, '..' or absolute paths)")
     missing_entries = [f for f in PACKAGE_FILES if f not in files]
     if missing_entries:
         raise PackageError(f"{MANIFEST}: lists no checksum for {missing_entries}")
-    if _manifest_checksum(files) != manifest["checksum"]:
-        raise PackageError(f"{MANIFEST}: checksum does not match its file list (manifest edited)")
+    if _manifest_checksum(manifest) != manifest["checksum"]:
+        raise PackageError(f"{MANIFEST}: checksum does not match its fields (manifest edited)")
+    for name in EXPORT_FILES:
+        if name not in files and (path / name).exists():
+            raise PackageError(f"{name}: present but not listed in {MANIFEST} (not written by `dacdr export` "
+                               "for this package); remove it or re-export")
     for name, digest in files.items():
         f = path / name
+        if f.is_symlink():
+            raise PackageError(f"{name}: is a symbolic link; package files must be plain files inside the package")
         if not f.is_file():
-            raise PackageError(f"{name}: missing in {path}")
+            raise PackageError(f"{name}: missing from the package")
         if sha256_file(f) != digest:
             raise PackageError(f"{name}: sha256 differs from {MANIFEST} (file modified or corrupt)")
+    for export in ("model.onnx", "model.torchscript.pt"):
+        if (export in files) != (export + ".json" in files):
+            raise PackageError(f"{export}: listed without its sidecar {export}.json (or the reverse)")
+        if export in files:
+            try:
+                side = json.loads((path / (export + ".json")).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise PackageError(f"{export}.json: unreadable ({e})") from e
+            if side.get("package_version") != manifest["package_version"]:
+                raise PackageError(f"{export}: exported from package version {side.get('package_version')!r}, "
+                                   f"this package is {manifest['package_version']!r}")
+    return manifest
+
+
+def add_to_package(path: str | Path, contents: dict[str, bytes]) -> dict[str, Any]:
+    """Add (or replace) export files in a package and re-seal its manifest, as one unit.
+
+    The package is re-published: its files are hard-linked (they are never modified in place) into a new
+    folder with the new files and manifest, which then replaces the package by rename. Returns the manifest.
+    """
+    path = Path(path)
+    manifest = verify_package(path)
+    bad = [n for n in contents if n not in EXPORT_FILES]
+    if bad:
+        raise PackageError(f"cannot add {bad} to a package (only {', '.join(EXPORT_FILES)})")
+    with atomic_dir(path, overwrite=True, fault="export") as tmp:
+        for name in manifest["files"]:
+            if name in contents:
+                continue
+            try:
+                os.link(path / name, tmp / name)
+            except OSError:
+                shutil.copy2(path / name, tmp / name)
+        for name, data in contents.items():
+            (tmp / name).write_bytes(data)
+        files = {n: manifest["files"][n] for n in manifest["files"] if n not in contents}
+        files |= {n: sha256_file(tmp / n) for n in contents}
+        manifest = _seal({k: v for k, v in manifest.items() if k != "checksum"} | {"files": files})
+        _write_manifest(tmp, manifest)
     return manifest
 
 
@@ -308,7 +384,9 @@ def load_package(path: str | Path) -> ModelPackage:
     try:
         model, desc = load_model(path)
     except CheckpointError as e:
-        raise PackageError(str(e)) from e
+        raise PackageError(str(e).replace(f"{path}{os.sep}", "")) from e  # name files by their package name
+    except Exception as e:  # noqa: BLE001  (a package must never surface as a traceback)
+        raise PackageError(f"{DESCRIPTION}: cannot build the model ({type(e).__name__}: {e})") from e
     spec = model.spec
     try:
         vocabs = Vocabularies.load(path / VOCABS)
@@ -346,4 +424,5 @@ def load_package(path: str | Path) -> ModelPackage:
     return ModelPackage(path, manifest, model, desc, vocabs, item_table, domain_table, domains, metrics, store)
 
 
-__all__ = ["OOV", "HistoryStore", "ModelPackage", "PackageError", "build_package", "load_package", "verify_package"]
+__all__ = ["OOV", "HistoryStore", "ModelPackage", "PackageError", "add_to_package", "build_package", "load_package",
+           "sha256_file", "verify_package"]

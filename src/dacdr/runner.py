@@ -8,9 +8,10 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from dacdr.config import DataConfig, RunConfig
+from dacdr.config import DataConfig, RunConfig, check_model_params
 from dacdr.data.samples import PreparedData, prepare_cached
-from dacdr.models import create_model, get_entry
+from dacdr.fsutil import recover_dir
+from dacdr.models import create_model
 from dacdr.training.trainer import Trainer
 
 
@@ -71,12 +72,13 @@ def train_run(
     resume: bool = True,
 ) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, keep the best checkpoint, evaluate it on the test split."""
-    get_entry(cfg.model.name)  # fail on an unknown model before any data work
+    check_model_params(cfg, "config")  # fail on an unknown model or a bad parameter before any data work
     prepared = prepared or prepare_data(cfg.data)
     run_dir = Path(run_dir or cfg.out or f"runs/{cfg.model.name.replace(' ', '_')}-seed{cfg.train.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
     previous = run_dir / "config.yaml"
+    recover_dir(run_dir / "resume")  # a checkpoint swap cut short: its previous checkpoint counts below
     if resume and (run_dir / "resume").exists() and previous.exists() and not _same_config(previous, cfg):
         # Resuming under another config would silently mix two runs' weights and history.
         raise ValueError(f"{run_dir} holds a run with a different config.yaml; resume needs the same config "

@@ -51,7 +51,7 @@ def free_port() -> int:
 class Server:
     """`dacdr serve` in a real uvicorn subprocess on a free loopback port."""
 
-    def __init__(self, package: Path, *args: str, token: str | None = "test-token", timeout: float = 60):
+    def __init__(self, package: Path, *args: str, token: str | None = "test-token-0123456789", timeout: float = 60):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, DACDR_ADMIN_TOKEN=token or "")

@@ -13,7 +13,7 @@ from dacdr.data.dataset import read_spec
 from dacdr.package import build_package, load_package, run_prepared
 from tests.serving.helpers import Server, train_tiny_run
 
-TOKEN = "test-token"
+TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture(scope="module")

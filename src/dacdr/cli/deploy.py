@@ -52,24 +52,37 @@ def serve(
     max_items: Annotated[int, typer.Option(min=1, help="most candidate items per request")] = 1000,
     max_body_bytes: Annotated[int, typer.Option(min=1024, help="largest accepted request body")] = 1 << 20,
     admin_token: Annotated[str | None, typer.Option(
-        help="token for POST /v1/admin/reload (default: $DACDR_ADMIN_TOKEN; unset disables reload)")] = None,
+        help="token for POST /v1/admin/reload, at least 16 characters (default: $DACDR_ADMIN_TOKEN; unset "
+             "disables reload)")] = None,
+    reload_root: Annotated[Path | None, typer.Option(
+        help="reload by path only packages under this folder (default: the folder holding PACKAGE)")] = None,
+    read_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send its request "
+                                                              "headers, and its body")] = 10.0,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
+    import torch
     import uvicorn
 
-    from dacdr.package import verify_package
-    from dacdr.serving.app import ServiceSettings, create_app
+    from dacdr.serving.app import ServiceSettings, create_app, header_timeout_protocol
+    from dacdr.serving.scoring import Scorer
 
     if engine not in ("torch", "onnx"):
         raise ValueError(f"--engine must be 'torch' or 'onnx', got {engine!r}")
-    verify_package(package_dir)  # fail before binding the port
     settings = ServiceSettings(
         package=package_dir, engine=engine, threads=threads, max_items=max_items,  # type: ignore[arg-type]
         max_body_bytes=max_body_bytes, admin_token=admin_token or os.environ.get("DACDR_ADMIN_TOKEN") or None,
+        reload_root=reload_root, read_timeout_s=read_timeout,
     )
+    torch.set_num_threads(threads)
+    try:  # load, verify and warm up before binding the port: a bad package is one line and exit 2
+        scorer = Scorer.load(package_dir, settings.engine, threads)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001  (whatever a package makes fail, never a traceback)
+        raise ValueError(f"{package_dir}: cannot be served ({type(e).__name__}: {e})") from e
     console.print(f"serving {package_dir} on http://{host}:{port} (engine {engine})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_keep_alive=30,
-                limit_concurrency=512)
+    uvicorn.run(create_app(settings, scorer), host=host, port=port, log_level="warning", timeout_keep_alive=30,
+                limit_concurrency=512, http=header_timeout_protocol(read_timeout))
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """The FastAPI scoring service.
 
 Routes: `POST /v1/score`, `POST /v1/score/batch`, `GET /v1/domains`, `GET /healthz`, `GET /readyz`,
-`GET /metrics`, `POST /v1/admin/reload`. Every client error is a 4xx whose JSON body is
-`{"error": "<field>: <message>", "field": "<field>"}`; bodies over the size limit are cut off while being
-read (413), so no request can hold a worker for long.
+`GET /metrics`, `POST /v1/admin/reload`. Every error, 404 / 405 / unparseable bodies included, has the JSON
+body `{"error": "<field>: <message>", "field": "<field>"}`; bodies over the size limit are cut off while being
+read (413), and a body not fully received within `read_timeout_s` is answered 408 (headers: the connection is
+closed, `HeaderTimeoutH11`), so no slow client can hold a worker or a connection for long.
 
 Reload builds and warms the new scorer in a worker thread, then swaps one reference. A request takes the
 reference once when it starts, so in-flight requests finish on the old model and none fails meanwhile.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
 import time
 from contextlib import asynccontextmanager
@@ -25,6 +27,8 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dacdr.package import PackageError
 from dacdr.serving.engines import EngineName
@@ -32,6 +36,9 @@ from dacdr.serving.metrics import ServiceMetrics
 from dacdr.serving.scoring import RequestError, ScoreQuery, Scorer
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt
+MAX_HISTORY = 1000
+"""most history events one request may send; the model reads only its last `max_len` (documented cap)"""
+MIN_TOKEN_CHARS = 16
 
 
 @dataclass
@@ -44,6 +51,16 @@ class ServiceSettings:
     max_batch_users: int = 256
     max_body_bytes: int = 1 << 20
     admin_token: str | None = None
+    reload_root: Path | None = None
+    """packages reloadable by path must lie under this folder; default: the folder holding `package`"""
+    read_timeout_s: float = 10.0
+    """longest a client may take to send a request's headers, and its body"""
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None and len(self.admin_token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"admin token: at least {MIN_TOKEN_CHARS} characters, got {len(self.admin_token)}")
+        if self.read_timeout_s <= 0:
+            raise ValueError(f"read timeout: must be > 0 s, got {self.read_timeout_s}")
 
 
 # ------------------------------------------------------------------------------------------ schemas
@@ -56,7 +73,7 @@ class _Body(BaseModel):
 class HistoryEvent(_Body):
     item: Id
     behaviour: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    rating: float | None = None
+    rating: Annotated[float, Field(allow_inf_nan=False)] | None = None
 
 
 class ScoreRequest(_Body):
@@ -64,7 +81,9 @@ class ScoreRequest(_Body):
     domain: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     items: Annotated[list[Id], Field(min_length=1)]
     history: list[HistoryEvent] | None = Field(
-        None, description="recent source behaviours, oldest first; omitted: taken from the package's store"
+        None, max_length=MAX_HISTORY,
+        description="recent source behaviours, oldest first (only the last max_len are read); omitted: taken "
+        "from the package's store",
     )
 
 
@@ -103,12 +122,21 @@ class _Limits:
                 resp = _error(413, "body", f"request body over the limit of {limit} bytes")
                 await resp(scope, receive, send_wrapper)
                 return
-            seen = {"n": 0}
+            seen = {"n": 0, "done": False}
+            deadline = time.monotonic() + self.settings.read_timeout_s
 
             async def receive_wrapper():
-                message = await receive()
+                if seen["done"]:  # the body is in: later calls wait for a disconnect, without deadline
+                    return await receive()
+                try:
+                    with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+                        message = await receive()
+                except TimeoutError:
+                    raise HTTPException(408, {"error": f"body: not received within "
+                                                       f"{self.settings.read_timeout_s:g} s", "field": "body"}) from None
                 if message["type"] == "http.request":
                     seen["n"] += len(message.get("body", b""))
+                    seen["done"] = not message.get("more_body", False)
                     if seen["n"] > limit:
                         raise HTTPException(413, {"error": f"body: request body over the limit of {limit} bytes",
                                                   "field": "body"})
@@ -120,6 +148,54 @@ class _Limits:
             path = getattr(scope.get("route"), "path", None) or (
                 scope["path"] if scope.get("path") in self.routes else "unmatched")
             self.metrics.observe(scope.get("method", ""), path, status["code"], time.perf_counter() - t0)
+
+
+HEADER_TIMEOUT_ENV = "DACDR_HEADER_TIMEOUT_S"
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers (uvicorn has none): a connection that opens,
+    or starts a next request, and does not complete its headers within `$DACDR_HEADER_TIMEOUT_S` seconds
+    (default 10) is closed. The setting travels in the environment so that worker processes inherit it."""
+
+    _timer: asyncio.TimerHandle | None = None
+    _armed_cycle: object = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._armed_cycle = self.cycle
+        self._timer = self.loop.call_later(float(os.environ.get(HEADER_TIMEOUT_ENV, "10")), self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.cycle is self._armed_cycle and not self.transport.is_closing():  # no request began meanwhile
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # the first bytes of a next request on a kept-alive connection
+        super().data_received(data)
+        if self.cycle is not self._armed_cycle:
+            self._disarm()  # headers complete: the body has its own deadline (`_Limits`)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
+    """The protocol class for `uvicorn.run(http=...)`, with `seconds` as the header deadline."""
+    os.environ[HEADER_TIMEOUT_ENV] = str(seconds)
+    return HeaderTimeoutH11
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
@@ -152,8 +228,11 @@ class ServiceState:
         return Scorer.load(path, self.settings.engine, self.settings.threads)
 
 
-def create_app(settings: ServiceSettings) -> FastAPI:
+def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastAPI:
+    """The app; `scorer`, when given, is the already loaded package (`dacdr serve` loads it before binding,
+    so a bad package is one error line and a non-zero exit, not a traceback from the server's start-up)."""
     state = ServiceState(settings)
+    reload_root = (settings.reload_root or Path(settings.package).resolve().parent).resolve()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -161,7 +240,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             import torch
 
             torch.set_num_threads(settings.threads)
-        state.scorer = await anyio.to_thread.run_sync(state.load, settings.package)
+        state.scorer = scorer or await anyio.to_thread.run_sync(state.load, settings.package)
         yield
 
     app = FastAPI(title="dacdr scoring service", lifespan=lifespan)
@@ -184,10 +263,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "errors": [{"field": _field_of(tuple(e.get("loc", ()))), "message": e.get("msg")} for e in errs[:20]]}
         return JSONResponse(body, status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and routing's 404 / 405
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.detail, dict):
-            return JSONResponse(exc.detail, status_code=exc.status_code)
+            return JSONResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+        if exc.status_code == 404:
+            return _error(404, "path", f"no route {request.url.path!r}")
+        if exc.status_code == 405:
+            return JSONResponse({"error": f"method: {request.method} is not allowed on {request.url.path}",
+                                 "field": "method"}, status_code=405, headers=exc.headers)
+        if exc.status_code == 400:  # FastAPI could not parse the body (e.g. an integer over 4,300 digits)
+            return _error(400, "body", "not parseable JSON (too deeply nested, or a number too large)")
         return _error(exc.status_code, "request", str(exc.detail))
 
     @app.exception_handler(RequestError)
@@ -266,11 +352,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if not settings.admin_token:
             raise HTTPException(403, {"error": "authorization: reload is disabled (no admin token configured)",
                                       "field": "authorization"})
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
-            raise HTTPException(401, {"error": "authorization: missing or wrong admin token",
-                                      "field": "authorization"})
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                  settings.admin_token.encode()):
+            raise HTTPException(401, {"error": "authorization: missing or wrong admin token (expected "
+                                               "'Authorization: Bearer <token>')", "field": "authorization"},
+                                headers={"WWW-Authenticate": "Bearer"})
         path = Path(req.package) if req and req.package else settings.package
+        if req and req.package and not path.resolve().is_relative_to(reload_root):
+            state.metrics.reload("failed")
+            raise HTTPException(422, {"error": "package: not under the reload root set by the operator "
+                                               "(--reload-root)", "field": "package"})
         async with state.reload_lock:
             old = state.scorer
             t0 = time.perf_counter()
@@ -279,6 +371,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             except (PackageError, FileNotFoundError, ValueError) as e:
                 state.metrics.reload("failed")
                 raise HTTPException(422, {"error": f"package: {e}", "field": "package"}) from None
+            except Exception as e:  # noqa: BLE001  (the old model keeps serving; the client gets a message)
+                state.metrics.reload("failed")
+                raise HTTPException(500, {"error": f"package: could not be loaded ({type(e).__name__}: {e})",
+                                          "field": "package"}) from None
             state.scorer = new  # one reference assignment: the atomic swap
             settings.package = path
             state.metrics.reload("ok")

@@ -47,14 +47,22 @@ class OnnxEngine:
         import onnxruntime as ort
 
         from dacdr.export import exported_onnx_for, onnx_bytes
+        from dacdr.package import PackageError
 
-        graph = exported_onnx_for(pkg) or onnx_bytes(pkg.model)
+        graph = exported_onnx_for(pkg)
+        source = "model.onnx" if graph is not None else "the ONNX export of model.safetensors"
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(graph or onnx_bytes(pkg.model), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
+            raise PackageError(f"{source}: not a loadable ONNX graph ({type(e).__name__}: {e})") from e
         self.input_names = [i.name for i in self.session.get_inputs()]
+        if sorted(self.input_names) != sorted(pkg.model.inputs):
+            raise PackageError(f"{source}: graph inputs {self.input_names} are not the model's {list(pkg.model.inputs)}")
         # Graphs exported with a separate "users" axis take one history for all items (older ones do not).
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.broadcasts_history = shapes.get("seq", [None])[0] == "users"

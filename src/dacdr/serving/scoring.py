@@ -6,6 +6,7 @@ that holds a scorer finishes on it whatever happens meanwhile.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +80,12 @@ class Scorer:
 
     # ---------------------------------------------------------------------------------------- inputs
     def _encode_history(self, events: list[dict[str, Any]], where: str) -> tuple[np.ndarray, list]:
-        tokens = np.zeros((len(events), self.n_fields), dtype=np.int64)
+        """Tokens of the last `max_len` events (the model reads no more); older ones are skipped unread."""
+        first = max(0, len(events) - self.max_len)
+        tokens = np.zeros((len(events) - first, self.n_fields), dtype=np.int64)
         unknown: list[str | int] = []
-        for i, ev in enumerate(events):
+        lo, hi = self.spec.label_range
+        for i, ev in enumerate(events[first:], start=first):
             idx = self.item_vocab.lookup(ev["item"])
             if idx == OOV:
                 unknown.append(ev["item"])
@@ -91,20 +95,24 @@ class Scorer:
                                    f"unknown behaviour {ev['behaviour']!r}; known: {self.behaviour_vocab.values}")
             for j, col in enumerate(self.item_col):
                 if col >= 0:
-                    tokens[i, j] = self.pkg.item_table[idx, col]
+                    tokens[i - first, j] = self.pkg.item_table[idx, col]
                 elif col == -1:
-                    tokens[i, j] = beh
+                    tokens[i - first, j] = beh
                 else:
                     rating = ev.get("rating")
                     if rating is None:
                         raise RequestError(f"{where}history[{i}].rating", "required for a rating model")
-                    tokens[i, j] = self.rating_vocab.lookup(int(round(rating))) if self.rating_vocab else OOV
+                    if not (math.isfinite(rating) and lo <= rating <= hi):  # the schema refuses NaN / inf too
+                        raise RequestError(f"{where}history[{i}].rating",
+                                           f"{rating} is outside the model's rating range [{lo:g}, {hi:g}]")
+                    # rounded to the nearest whole rating; a whole value never seen in training is unknown (OOV)
+                    tokens[i - first, j] = self.rating_vocab.lookup(int(round(rating))) if self.rating_vocab else OOV
         return tokens, unknown
 
     def _resolve(self, q: ScoreQuery) -> _Resolved:
         if q.history is not None:
             tokens, unknown = self._encode_history(q.history, q.where)
-            return _Resolved(tokens[-self.max_len:], "request", False, unknown)
+            return _Resolved(tokens, "request", False, unknown)
         stored = self.pkg.store.history(str(q.user_id))
         if stored is None:
             return _Resolved(np.zeros((0, self.n_fields), dtype=np.int64), "none", True)

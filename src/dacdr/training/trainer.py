@@ -34,12 +34,7 @@ from dacdr.distributed.context import DistContext, all_gather_concat, all_reduce
 from dacdr.distributed.memory import table_memory_report
 from dacdr.evaluation import reference_reports, score_metrics, test_report
 from dacdr.models import RecModel
-from dacdr.training.checkpoint import (
-    load_model,
-    load_training_state,
-    save_model,
-    save_training_state,
-)
+from dacdr.training.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 
 
 @dataclass
@@ -64,6 +59,12 @@ class Phase:
     """replaces the task loss (BCE / MSE on labels), e.g. the MSE between mapped and target embeddings"""
     lr: float | None = None
     """learning rate of this phase; None: the config's"""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,12 +228,12 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         resume_dir = self.run_dir / "resume"
-        saved = load_training_state(resume_dir) if resume else None
+        saved = load_checkpoint(resume_dir, self.log) if resume else None
         state: dict[str, Any] = {"phase": 0, "epoch": 0, "best": None, "bad_epochs": 0, "history": [],
                                  "done": False}
         if saved is not None:
-            blob, state = saved
-            self.model.load_state_dict(load_model(resume_dir)[0].state_dict())
+            resumed_model, blob, state = saved
+            self.model.load_state_dict(resumed_model.state_dict())
             self.log(f"resuming {self.model_name} at phase {state['phase']} epoch {state['epoch']}")
         if state.get("done"):
             return state["history"]
@@ -279,10 +280,9 @@ class Trainer:
                              f"valid {self._score_name(vm, score)} {score:.4f}"
                              f"{' (best)' if improved else ''}, {record['samples_per_s']:.0f} samples/s")
                 state["history"].append(record)
-                if self.dist.is_main:  # checkpoints are written once, by rank 0
-                    (self.run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-                    save_model(self.model, self.model_name, resume_dir)
-                    save_training_state(resume_dir, opt, state)
+                if self.dist.is_main:  # checkpoints are written once, by rank 0, each as one unit
+                    _write_atomic(self.run_dir / "history.json", json.dumps(state["history"], indent=1))
+                    save_checkpoint(resume_dir, self.model, self.model_name, opt, state)
                 barrier(self.dist)
                 if phase.early_stopping and state["bad_epochs"] > cfg.patience:
                     self.log(f"[{phase.name}] early stop after {state['epoch']} epochs")
@@ -302,7 +302,7 @@ class Trainer:
         state["done"] = True
         self.net = self.model
         if self.dist.is_main:
-            save_training_state(resume_dir, opt, state)
+            save_checkpoint(resume_dir, self.model, self.model_name, opt, state)
         barrier(self.dist)
         return state["history"]
 

@@ -8,16 +8,19 @@ dataset with :func:`dacdr.data.dataset.write_dataset`. ``docs/datasets.md`` docu
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dacdr.data.dataset import CrossDomainData, write_dataset
+from dacdr.data.dataset import CrossDomainData, DatasetError, write_dataset
 from dacdr.data.loaders.amazon import JSON_FIELDS, read_metadata, read_reviews
 from dacdr.data.loaders.cdrib import convert_cdrib
 from dacdr.data.loaders.common import build_rating_dataset, reject_out_of_range
@@ -105,16 +108,49 @@ class ConvertConfig(BaseModel):
 
 
 def _check_paths(cfg: ConvertConfig) -> None:
+    folders = cfg.format == "cdrib"  # cdrib: one folder per domain; every other input is a file
     for label, paths in (("files", cfg.files), ("metadata", cfg.metadata)):
         for key, p in paths.items():
             if not Path(p).exists():
                 raise FileNotFoundError(f"{label}.{key}: {p} does not exist")
+            if label == "files" and folders and not Path(p).is_dir():
+                raise DatasetError(f"{label}.{key}: {p} is a file, format 'cdrib' expects a folder")
+            if not (label == "files" and folders) and Path(p).is_dir():
+                raise DatasetError(f"{label}.{key}: {p} is a directory, expected a file")
     if cfg.item_file and not Path(cfg.item_file).exists():
         raise FileNotFoundError(f"item_file: {cfg.item_file} does not exist")
+    if cfg.item_file and Path(cfg.item_file).is_dir():
+        raise DatasetError(f"item_file: {cfg.item_file} is a directory, expected a file")
 
 
-def load(cfg: ConvertConfig, rejects: Rejects, log: Callable[[str], None] = print) -> CrossDomainData:
-    """Read the raw files of ``cfg`` into an in-memory dataset (validated when written)."""
+@contextmanager
+def _reading(path: str | Path) -> Iterator[None]:
+    """Turn the ways a damaged input file fails (in gzip, zlib, Polars, the OS) into one line naming it."""
+    try:
+        yield
+    except EOFError as e:
+        raise DatasetError(f"{path}: truncated compressed file: it ends before its gzip stream does ({e})") from e
+    except (zlib.error, gzip.BadGzipFile) as e:
+        raise DatasetError(f"{path}: corrupt gzip data ({e})") from e
+    except IsADirectoryError as e:
+        raise DatasetError(f"{path}: is a directory, expected a file") from e
+    except pl.exceptions.PolarsError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"{path}: unreadable ({first})") from e
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DatasetError(f"{path}: cannot be read ({e.strerror or e})") from e
+
+
+def load(
+    cfg: ConvertConfig, rejects: Rejects, log: Callable[[str], None] = print, stats: dict | None = None
+) -> CrossDomainData:
+    """Read the raw files of ``cfg`` into an in-memory dataset (validated when written).
+
+    A damaged file (truncated or corrupt gzip, corrupt Parquet, a folder) is a `DatasetError` naming it; a
+    domain left with no ratings is one too. ``stats``, when given, receives ``merged_duplicates`` per domain.
+    """
     _check_paths(cfg)
     block = cfg.block_mb << 20
     generator = {"format": cfg.format, "files": cfg.files, "duplicates": cfg.duplicates}
@@ -132,13 +168,17 @@ def load(cfg: ConvertConfig, rejects: Rejects, log: Callable[[str], None] = prin
     if cfg.format in JSON_FIELDS or cfg.format == "amazon-2014-csv":
         for domain, path in cfg.files.items():
             t0 = time.perf_counter()
-            df, n = read_reviews(path, cfg.format, rejects, block)
+            with _reading(path):
+                df, n = read_reviews(path, cfg.format, rejects, block)
             log(f"{domain}: {n:,} lines read from {Path(path).name}, {df.height:,} ratings "
                 f"({time.perf_counter() - t0:.1f} s)")
             tables[domain] = reject_out_of_range(df, cfg.label_range, Path(path).name, rejects)
         if cfg.metadata:
             wanted = set(pl.concat([t["item"] for t in tables.values()]).unique().to_list())
-            metas = [read_metadata(p, rejects, wanted, block) for p in cfg.metadata.values()]
+            metas = []
+            for p in cfg.metadata.values():
+                with _reading(p):
+                    metas.append(read_metadata(p, rejects, wanted, block))
             item_features = pl.concat(metas).unique(subset="item", keep="first")
     else:
         columns = dict(cfg.columns)
@@ -149,28 +189,42 @@ def load(cfg: ConvertConfig, rejects: Rejects, log: Callable[[str], None] = prin
             if cfg.format == "recbole" and "timestamp" in cols:
                 from dacdr.data.loaders.table import read_header
 
-                if cols["timestamp"] not in read_header(path, "\t"):
+                with _reading(path):
+                    names = read_header(path, "\t")
+                if cols["timestamp"] not in names:
                     cols = {k: v for k, v in cols.items() if k != "timestamp"}
-            df, n, ts = read_ratings_table(path, cols, rejects, separator=sep, header=header,
-                                           timestamp_divisor=cfg.timestamp_divisor, block_bytes=block)
+            with _reading(path):
+                df, n, ts = read_ratings_table(path, cols, rejects, separator=sep, header=header,
+                                               timestamp_divisor=cfg.timestamp_divisor, block_bytes=block)
             has_ts = has_ts and ts
             log(f"{key}: {n:,} lines read from {Path(path).name}, {df.height:,} ratings")
             tables[key] = reject_out_of_range(df, cfg.label_range, Path(path).name, rejects)
         if cfg.item_file:
-            items = read_recbole_items(cfg.item_file)
+            with _reading(cfg.item_file):
+                items = read_recbole_items(cfg.item_file)
             if "genre" in items.columns:
                 item_features = items.select(
                     pl.col("item_id").alias("item"), pl.col("genre").str.split(" ").list.first().alias("category")
                 )
             if cfg.genre_domains is not None:
                 tables = _split_by_genre(tables["all"], items, cfg.genre_domains, log)
+    for domain in (cfg.source, *cfg.targets):
+        if domain in tables and tables[domain].height == 0:
+            where = cfg.files.get(domain) or cfg.files.get("all")
+            raise DatasetError(f"{domain}: no ratings in {where} (empty, only a header, or every line rejected; "
+                               f"{rejects.count} lines rejected: {rejects.by_reason or 'none'})")
     if not has_ts:
         log("no timestamps in the data: file order is the clock, and source sequences hold the user's "
             "whole source history")
-    return build_rating_dataset(
+    merged: dict[str, int] = {}
+    data = build_rating_dataset(
         cfg.name, cfg.source, cfg.targets, tables, has_timestamps=has_ts, label_range=cfg.label_range,
         duplicates=cfg.duplicates, item_features=item_features, generator=generator, log=log,
+        merged_counts=merged,
     )
+    if stats is not None:
+        stats["merged_duplicates"] = merged
+    return data
 
 
 def _split_by_genre(
@@ -204,11 +258,16 @@ def convert(
     t0 = time.perf_counter()
     staging = out.parent / f".{out.name}.rejects.tsv"
     rejects = Rejects(staging)
+    stats: dict = {}
     try:
-        data = load(cfg, rejects, log)
-    finally:
-        rejects.close()
-    write_dataset(data, out, overwrite=overwrite)
+        try:
+            data = load(cfg, rejects, log, stats)
+        finally:
+            rejects.close()
+        write_dataset(data, out, overwrite=overwrite)
+    except BaseException:
+        staging.unlink(missing_ok=True)  # a failed conversion leaves nothing behind
+        raise
     if staging.exists():
         staging.replace(out / REJECTS_FILE)
         rejects.path = out / REJECTS_FILE
@@ -218,6 +277,7 @@ def convert(
         "rows_per_domain": dict(data.interactions.group_by("domain").len().iter_rows()),
         "rejected_lines": rejects.count,
         "rejected_by_reason": rejects.by_reason,
+        "merged_duplicates": stats.get("merged_duplicates", {}),
         "has_timestamps": data.spec.has_timestamps,
         "seconds": round(time.perf_counter() - t0, 2),
     }

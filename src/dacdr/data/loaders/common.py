@@ -50,6 +50,7 @@ def build_rating_dataset(
     item_features: pl.DataFrame | None = None,
     generator: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    merged_counts: dict[str, int] | None = None,
 ) -> CrossDomainData:
     """``tables[domain]`` holds user, item, label, timestamp (may be null without timestamps), line.
 
@@ -57,6 +58,7 @@ def build_rating_dataset(
     target row, so a sample's source sequence is the user's whole source history in file order (what the
     PTUPCDR code uses); the spec then records ``has_timestamps: false``.
     ``item_features``: item, feature columns (e.g. category, brand), joined onto every domain's items.
+    ``merged_counts``, when given, receives each domain's number of repeated (user, item) rows merged away.
     """
     missing = [d for d in (source, *targets) if d not in tables]
     if missing:
@@ -65,6 +67,8 @@ def build_rating_dataset(
     offset = 0
     for domain in (source, *targets):
         df, merged = dedup(tables[domain].select(RATING_COLUMNS), duplicates)
+        if merged_counts is not None:
+            merged_counts[domain] = merged
         if merged:
             log(f"{domain}: {merged:,} repeated (user, item) rows merged, keeping the {duplicates}")
         if not has_timestamps:
