@@ -4,8 +4,12 @@ The numbers behind docs/models.md ("DACDR: choices beyond MODEL.md"):
 
     python benchmarks/dacdr_choices.py "DACDR" '{"match_features": false}' '{"train_on": "targets"}'
     python benchmarks/dacdr_choices.py "DACDR" '{"match_features": false}' '{"train_on": "source+targets"}'
-    python benchmarks/dacdr_choices.py "DACDR" '{"match_features": true}' '{"train_on": "source+targets"}'
-    python benchmarks/dacdr_choices.py "DACDR w/o DA&IA" '{"match_features": true}' '{"train_on": "source+targets"}'
+    python benchmarks/dacdr_choices.py "DACDR" '{"match_features": true, "match_on": "values", "ablation": "drop"}' \
+        '{"train_on": "source+targets"}'
+    python benchmarks/dacdr_choices.py "DACDR w/o DA&IA" '{"match_features": true, "match_on": "values", \
+        "ablation": "drop"}' '{"train_on": "source+targets"}'
+
+(dacdr 0.1's model: `match_on="values"`, `ablation="drop"`. The 0.2 study is `benchmarks/attention_study.py`.)
 
 Arguments: registry name, model params (JSON), TrainConfig overrides (JSON). One model seed (0), world seed 0,
 test-set AUC printed per epoch for reading only: model selection in real runs uses the validation split.
