@@ -32,7 +32,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,8 @@ class ModelPackage:
     domains: list[dict[str, Any]]
     metrics: dict[str, Any]
     store: HistoryStore
+    item_pools: dict[str, np.ndarray] = field(default_factory=dict)
+    """domain name -> the item indices it can show (empty for packages built before pools were stored)"""
 
     @property
     def version(self) -> str:
@@ -235,6 +237,19 @@ def domain_registry(prepared: PreparedData) -> list[dict[str, Any]]:
     return out
 
 
+def item_pool_tensors(data_dir: Path, prepared: PreparedData) -> dict[str, torch.Tensor]:
+    """Each domain's item pool (`items.parquet`) as CSR over domain indices: `pool_offsets`, `pool_items`."""
+    import polars as pl
+
+    listing = pl.read_parquet(Path(data_dir) / "items.parquet", columns=["domain", "item"])
+    dom = prepared.vocabs["domain"].encode(listing["domain"])
+    item = prepared.vocabs["item"].encode(listing["item"])
+    order = np.lexsort((item, dom))
+    counts = np.bincount(dom, minlength=len(prepared.vocabs["domain"]))
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    return {"pool_offsets": torch.from_numpy(offsets), "pool_items": torch.from_numpy(item[order].astype(np.int64))}
+
+
 def build_package(
     run_dir: str | Path, out: str | Path, history_len: int | None = None, overwrite: bool = False, log=print
 ) -> Path:
@@ -263,7 +278,8 @@ def build_package(
         save_model(model, desc["name"], tmp)
         prepared.vocabs.save(tmp / VOCABS)
         save_file({"item_table": torch.from_numpy(prepared.item_table.astype(np.int64)),
-                   "domain_table": torch.from_numpy(prepared.domain_table.astype(np.int64))}, str(tmp / TABLES))
+                   "domain_table": torch.from_numpy(prepared.domain_table.astype(np.int64)),
+                   **item_pool_tensors(data_dir, prepared)}, str(tmp / TABLES))
         (tmp / DOMAINS).write_text(json.dumps(domain_registry(prepared), indent=1))
         results = run_dir / "results.json"
         metrics = json.loads(results.read_text()) if results.is_file() else {}
@@ -421,7 +437,15 @@ def load_package(path: str | Path) -> ModelPackage:
     store = HistoryStore(path / STORE)
     if store.fields != spec.sequence_fields:
         raise PackageError(f"{STORE}: fields {store.fields} differ from the model's {spec.sequence_fields}")
-    return ModelPackage(path, manifest, model, desc, vocabs, item_table, domain_table, domains, metrics, store)
+    pools: dict[str, np.ndarray] = {}
+    if "pool_offsets" in tables:
+        offsets, pool_items = tables["pool_offsets"].numpy(), tables["pool_items"].numpy()
+        if (len(offsets) != sizes["domain"] + 1 or np.any(np.diff(offsets) < 0) or offsets[-1] != len(pool_items)
+                or (len(pool_items) and (pool_items.min() < 0 or pool_items.max() >= sizes["item"]))):
+            raise PackageError(f"{TABLES}: pool_offsets / pool_items do not describe item pools of this model")
+        pools = {d["domain"]: pool_items[offsets[d["index"]]:offsets[d["index"] + 1]] for d in domains}
+    return ModelPackage(path, manifest, model, desc, vocabs, item_table, domain_table, domains, metrics, store,
+                        pools)
 
 
 __all__ = ["OOV", "HistoryStore", "ModelPackage", "PackageError", "add_to_package", "build_package", "load_package",

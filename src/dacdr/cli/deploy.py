@@ -43,6 +43,37 @@ def export(
 
 @app.command()
 @user_errors
+def index(
+    package_dir: Annotated[Path, typer.Argument(metavar="PACKAGE", help="a package directory")],
+    engine: Annotated[str, typer.Option(help="torch | onnx: the engine that scores the pools")] = "torch",
+    rank: Annotated[int, typer.Option(min=1, help="dimensions of the item vectors")] = 32,
+    probes: Annotated[int, typer.Option(min=1, help="items scored exactly to place the user")] = 96,
+    rerank: Annotated[int, typer.Option(min=1, help="best items by proxy re-scored exactly")] = 400,
+    fit_users: Annotated[int, typer.Option(min=2, help="store users the factors are fitted on")] = 128,
+) -> None:
+    """Fit the retrieval stage of /v1/recommend for every item pool and save it beside the package."""
+    import time
+
+    from dacdr.serving.recommend import RetrievalConfig, build_index, save_indexes
+    from dacdr.serving.scoring import Scorer
+
+    if engine not in ("torch", "onnx"):
+        raise ValueError(f"--engine must be 'torch' or 'onnx', got {engine!r}")
+    cfg = RetrievalConfig(rank=rank, probes=probes, rerank=rerank, fit_users=fit_users)
+    scorer = Scorer.load(package_dir, engine, 1)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    indexes = {d: build_index(scorer, d, cfg) for d in scorer.domains if len(scorer.pkg.item_pools.get(d, ())) > 0}
+    if not indexes:
+        raise ValueError(f"{package_dir}: the package holds no item pools (rebuild it with `dacdr package`)")
+    path = save_indexes(scorer, indexes, cfg)
+    for d, ix in indexes.items():
+        console.print(f"{d}: {len(ix.items)} items, " + (f"rank {ix.factors.shape[1]}, fitted in {ix.fit_seconds:.1f} s"
+                                                         if ix.retrieval else "scored exactly (small pool)"))
+    console.print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+@user_errors
 def serve(
     package_dir: Annotated[Path, typer.Argument(metavar="PACKAGE", help="a package directory")],
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",

@@ -18,11 +18,12 @@ import os
 import re
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -32,7 +33,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dacdr.package import PackageError
 from dacdr.serving.engines import EngineName
+from dacdr.serving.explain import explain, refuse_unless_explainable
 from dacdr.serving.metrics import ServiceMetrics
+from dacdr.serving.recommend import RetrievalConfig, attach_indexes, recommend
 from dacdr.serving.scoring import RequestError, ScoreQuery, Scorer
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt
@@ -61,6 +64,7 @@ class ServiceSettings:
             raise ValueError(f"admin token: at least {MIN_TOKEN_CHARS} characters, got {len(self.admin_token)}")
         if self.read_timeout_s <= 0:
             raise ValueError(f"read timeout: must be > 0 s, got {self.read_timeout_s}")
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
 # ------------------------------------------------------------------------------------------ schemas
@@ -85,6 +89,18 @@ class ScoreRequest(_Body):
         description="recent source behaviours, oldest first (only the last max_len are read); omitted: taken "
         "from the package's store",
     )
+    explain: bool = Field(False, description="add the behaviours with the largest attention weights per item")
+
+
+class RecommendRequest(_Body):
+    user_id: Id
+    domain: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    k: Annotated[int, Field(ge=1, le=1000)] = 10
+    exclude: list[Id] | None = Field(None, description="items never to recommend")
+    exclude_history: bool = Field(True, description="also leave out the items of the user's history")
+    history: list[HistoryEvent] | None = None
+    explain: bool = False
+    exact: bool = Field(False, description="score the whole pool instead of the retrieval stage (slower)")
 
 
 class BatchScoreRequest(_Body):
@@ -225,7 +241,9 @@ class ServiceState:
         self.reload_lock = asyncio.Lock()
 
     def load(self, path: Path) -> Scorer:
-        return Scorer.load(path, self.settings.engine, self.settings.threads)
+        scorer = Scorer.load(path, self.settings.engine, self.settings.threads)
+        attach_indexes(scorer, self.settings.retrieval, log=print)
+        return scorer
 
 
 def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastAPI:
@@ -290,14 +308,43 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         if n > settings.max_items:
             raise RequestError(f"{where}items", f"at most {settings.max_items} items per request, got {n}")
 
+    def with_explanations(scorer: Scorer, q: ScoreQuery, result: dict[str, Any]) -> dict[str, Any]:
+        item_idx = np.fromiter((scorer.item_vocab.lookup(i) for i in q.items), np.int64, len(q.items))
+        domain_level, per_item = explain(scorer, scorer.resolve(q), scorer.domain_row(q), item_idx)
+        result["explanations"] = {"domain_level": domain_level,
+                                  "items": [{"item": i, "item_level": e} for i, e in zip(q.items, per_item,
+                                                                                         strict=True)]}
+        return result
+
     @app.post("/v1/score")
     def score(req: ScoreRequest) -> dict[str, Any]:
         check_items(len(req.items), "")
         scorer = current()
+        if req.explain:
+            refuse_unless_explainable(scorer)
         q = ScoreQuery(req.user_id, req.domain, req.items,
                        None if req.history is None else [e.model_dump() for e in req.history])
         result = scorer.score([q])[0]
+        if req.explain:
+            with_explanations(scorer, q, result)
         state.metrics.add_items(len(req.items))
+        return result
+
+    @app.post("/v1/recommend")
+    def recommend_route(req: RecommendRequest) -> dict[str, Any]:
+        scorer = current()
+        if req.explain:
+            refuse_unless_explainable(scorer)
+        q = ScoreQuery(req.user_id, req.domain, [],
+                       None if req.history is None else [e.model_dump() for e in req.history])
+        result = recommend(scorer, q, req.k, req.exclude, req.exclude_history, req.exact)
+        resolved, domain_row, item_idx = result.pop("_resolved"), result.pop("_domain_row"), result.pop("_item_idx")
+        if req.explain:
+            domain_level, per_item = explain(scorer, resolved, domain_row, item_idx)
+            result["explanations"] = {"domain_level": domain_level}
+            for entry, e in zip(result["items"], per_item, strict=True):
+                entry["item_level"] = e
+        state.metrics.add_items(result["retrieval"]["scored_exactly"])
         return result
 
     @app.post("/v1/score/batch")
@@ -315,7 +362,13 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         queries = [ScoreQuery(r.user_id, r.domain, r.items,
                               None if r.history is None else [e.model_dump() for e in r.history], f"requests[{i}].")
                    for i, r in enumerate(req.requests)]
+        for i, r in enumerate(req.requests):
+            if r.explain:
+                refuse_unless_explainable(scorer, f"requests[{i}].")
         results = scorer.score(queries)
+        for r, q, res in zip(req.requests, queries, results, strict=True):
+            if r.explain:
+                with_explanations(scorer, q, res)
         state.metrics.add_items(total)
         return {"results": results, "model_version": scorer.version}
 

@@ -41,11 +41,17 @@ class ScoreQuery:
 
 
 @dataclass
-class _Resolved:
+class Resolved:
     tokens: np.ndarray  # [n, F]
     source: str  # "request" | "store" | "none"
     unknown_user: bool
     unknown_history_items: list[str | int] = field(default_factory=list)
+    raw_items: list[str | int] | None = None
+    """the request's own history item ids (kept for explanations), aligned with `tokens`"""
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "length": len(self.tokens), "unknown_user": self.unknown_user,
+                "unknown_items": self.unknown_history_items}
 
 
 class Scorer:
@@ -64,6 +70,10 @@ class Scorer:
         self.item_col = [spec.item_fields.index(f) if f in spec.item_fields else (-1 if f == "behaviour" else -2)
                          for f in spec.sequence_fields]
         self.domains = {d["domain"]: d for d in pkg.domains}
+        self.indexes: dict[str, Any] = {}
+        """domain -> its item pool and retrieval factors (`dacdr.serving.recommend.attach_indexes`)"""
+        self.retrieval: Any = None
+        """the `RetrievalConfig` those indexes were fitted with"""
 
     @classmethod
     def load(cls, path: str | Path, engine: EngineName = "torch", threads: int | None = None) -> Scorer:
@@ -109,28 +119,28 @@ class Scorer:
                     tokens[i - first, j] = self.rating_vocab.lookup(int(round(rating))) if self.rating_vocab else OOV
         return tokens, unknown
 
-    def _resolve(self, q: ScoreQuery) -> _Resolved:
+    def resolve(self, q: ScoreQuery) -> Resolved:
         if q.history is not None:
             tokens, unknown = self._encode_history(q.history, q.where)
-            return _Resolved(tokens, "request", False, unknown)
+            raw = [ev["item"] for ev in q.history][-self.max_len:] if self.max_len else []
+            return Resolved(tokens[-self.max_len:], "request", False, unknown, raw)
         stored = self.pkg.store.history(str(q.user_id))
         if stored is None:
-            return _Resolved(np.zeros((0, self.n_fields), dtype=np.int64), "none", True)
-        return _Resolved(stored[-self.max_len:], "store", False)
+            return Resolved(np.zeros((0, self.n_fields), dtype=np.int64), "none", True)
+        return Resolved(stored[-self.max_len:], "store", False)
 
-    def score(self, queries: list[ScoreQuery]) -> list[dict[str, Any]]:
-        """Score every query's items in one engine call; one response dict per query, items in order."""
-        resolved, domain_rows, item_idx, counts = [], [], [], []
-        for q in queries:
-            dom = self.domains.get(q.domain)
-            if dom is None:
-                raise RequestError(f"{q.where}domain", f"unknown domain {q.domain!r}; known: {list(self.domains)}")
-            resolved.append(self._resolve(q))
-            domain_rows.append(dom["index"])
-            item_idx.append(np.fromiter((self.item_vocab.lookup(i) for i in q.items), np.int64, len(q.items)))
-            counts.append(len(q.items))
+    def domain_row(self, q: ScoreQuery) -> int:
+        dom = self.domains.get(q.domain)
+        if dom is None:
+            raise RequestError(f"{q.where}domain", f"unknown domain {q.domain!r}; known: {list(self.domains)}")
+        return dom["index"]
+
+    def _inputs(self, resolved: list[Resolved], domain_rows: list[int], item_idx: list[np.ndarray],
+                user_ids: list[str | int]) -> dict[str, np.ndarray]:
+        """Model inputs for users x their candidate items (item vocabulary indices), one row per item."""
+        counts = [len(i) for i in item_idx]
         length = max(1, max(len(r.tokens) for r in resolved))  # one masked slot for all-empty histories
-        n_users = len(queries)
+        n_users = len(resolved)
         seq = np.zeros((n_users, length, self.n_fields), dtype=np.int64)
         mask = np.zeros((n_users, length), dtype=bool)
         for u, r in enumerate(resolved):
@@ -152,21 +162,34 @@ class Scorer:
             "domain": self.pkg.domain_table[np.repeat(np.asarray(domain_rows, dtype=np.int64), counts_for_rows)],
         }
         if "user" in self.pkg.model.inputs:
-            users = np.array([self.user_vocab.lookup(q.user_id) if self.user_vocab else OOV for q in queries])
-            inputs["user"] = users[row_user]
+            users = np.array([self.user_vocab.lookup(u) if self.user_vocab else OOV for u in user_ids])
+            inputs["user"] = users[np.repeat(np.arange(n_users), counts)]
+        return inputs
+
+    def predict(self, resolved: list[Resolved], domain_rows: list[int], item_idx: list[np.ndarray],
+                user_ids: list[str | int]) -> np.ndarray:
+        """The engine's predictions for every (user, item) row, concatenated in order."""
         t0 = time.perf_counter()
-        preds = self.engine(inputs)
-        infer_s = time.perf_counter() - t0
+        preds = self.engine(self._inputs(resolved, domain_rows, item_idx, user_ids))
+        self.last_inference_s = time.perf_counter() - t0
+        return preds
+
+    def score(self, queries: list[ScoreQuery]) -> list[dict[str, Any]]:
+        """Score every query's items in one engine call; one response dict per query, items in order."""
+        domain_rows = [self.domain_row(q) for q in queries]
+        resolved = [self.resolve(q) for q in queries]
+        item_idx = [np.fromiter((self.item_vocab.lookup(i) for i in q.items), np.int64, len(q.items))
+                    for q in queries]
+        preds = self.predict(resolved, domain_rows, item_idx, [q.user_id for q in queries])
         out, start = [], 0
-        for q, r, idx, n in zip(queries, resolved, item_idx, counts, strict=True):
+        for q, r, idx in zip(queries, resolved, item_idx, strict=True):
+            n = len(idx)
             out.append({
                 "user_id": q.user_id, "domain": q.domain,
                 "scores": preds[start:start + n].astype(float).tolist(),
                 "unknown_items": [q.items[k] for k in np.flatnonzero(idx == OOV)],
-                "history": {"source": r.source, "length": len(r.tokens), "unknown_user": r.unknown_user,
-                            "unknown_items": r.unknown_history_items},
+                "history": r.summary(),
                 "model_version": self.version,
             })
             start += n
-        self.last_inference_s = infer_s
         return out

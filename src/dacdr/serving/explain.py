@@ -1,0 +1,74 @@
+"""Attention-weight explanations: which source behaviours a DACDR score leaned on.
+
+The item-level weights (`A_i`, per head and per candidate token) are averaged over heads and candidate tokens
+into one distribution over the history for each candidate; the domain-level allocation (`alpha`, the mean of
+the step-1 weights) is one distribution for the request. Both come from the packaged PyTorch model, whatever
+the serving engine (the ONNX graph returns scores only); the weights are those the score was computed with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dacdr.data.features import FIRST_ID
+from dacdr.serving.scoring import RequestError, Resolved, Scorer
+
+TOP_BEHAVIOURS = 5
+
+
+def can_explain(scorer: Scorer) -> bool:
+    """True when the model exposes attention weights (`attend` returning `A_i` or `alpha`)."""
+    model = scorer.pkg.model
+    return hasattr(model, "attend") and (getattr(model, "item_attention", None) is not None
+                                         or getattr(model, "domain_attention", None) is not None)
+
+
+def refuse_unless_explainable(scorer: Scorer, where: str = "") -> None:
+    if not can_explain(scorer):
+        name = scorer.pkg.description.get("name", type(scorer.pkg.model).__name__)
+        raise RequestError(f"{where}explain", f"model {name!r} has no attention weights to explain; "
+                                              "explanations need DACDR or an ablation with an attention step")
+
+
+def _behaviour(scorer: Scorer, r: Resolved, pos: int, weight: float) -> dict[str, Any]:
+    tokens = r.tokens[pos]
+    fields = scorer.spec.sequence_fields
+    item_idx = int(tokens[fields.index("item")])
+    if r.raw_items is not None:
+        item: str | int = r.raw_items[pos]
+    else:
+        item = scorer.item_vocab.values[item_idx - FIRST_ID] if item_idx >= FIRST_ID else None
+    beh_idx = int(tokens[fields.index("behaviour")])
+    behaviour = scorer.behaviour_vocab.values[beh_idx - FIRST_ID] if beh_idx >= FIRST_ID else None
+    return {"item": item, "behaviour": behaviour, "position": pos, "weight": round(float(weight), 6)}
+
+
+def _top(scorer: Scorer, r: Resolved, weights: np.ndarray, top: int) -> list[dict[str, Any]]:
+    order = np.argsort(-weights, kind="stable")[:top]
+    return [_behaviour(scorer, r, int(p), weights[p]) for p in order if weights[p] > 0]
+
+
+def explain(scorer: Scorer, r: Resolved, domain_row: int, item_idx: np.ndarray,
+            top: int = TOP_BEHAVIOURS) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """(domain-level top behaviours, per candidate: item-level top behaviours); positions index the history
+    as used (oldest first, the last `max_len`)."""
+    if len(r.tokens) == 0:  # nothing to attend to: the model's weights are all zero
+        return [], [[] for _ in item_idx]
+    model = scorer.pkg.model
+    with torch.inference_mode():
+        parts = model.attend(
+            torch.from_numpy(r.tokens[None].astype(np.int64)), torch.ones(1, len(r.tokens), dtype=torch.bool),
+            torch.from_numpy(scorer.pkg.item_table[item_idx]),
+            torch.from_numpy(scorer.pkg.domain_table[[domain_row]]),
+        )
+    domain_level: list[dict[str, Any]] = []
+    if "alpha" in parts:
+        domain_level = _top(scorer, r, parts["alpha"][0].float().numpy(), top)
+    per_item: list[list[dict[str, Any]]] = [[] for _ in item_idx]
+    if "A_i" in parts:
+        a_i = parts["A_i"].float().mean(dim=(1, 2)).numpy()  # [items, L]: over heads and candidate tokens
+        per_item = [_top(scorer, r, a_i[j], top) for j in range(len(item_idx))]
+    return domain_level, per_item
