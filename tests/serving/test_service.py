@@ -46,11 +46,11 @@ def _store_user(package) -> tuple[str, int]:
     raise AssertionError("no user with a history")
 
 
-def test_health_ready_domains(client, packages):
+def test_health_ready_domains(client, server, packages):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     version = load_package(packages[0]).version
-    assert ready == {"ready": True, "model_version": version, "engine": "torch"}
+    assert ready == {"ready": True, "model_version": version, "engine": "torch", "worker": server.proc.pid}
     doms = client.get("/v1/domains").json()
     assert [d["domain"] for d in doms["domains"]] == ["source", "target_a", "target_b"]
     assert doms["task"] == "ctr"
@@ -209,24 +209,27 @@ def test_reload_under_concurrent_requests_drops_nothing(server, packages):
 
 
 def test_metrics_text(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
     client.post("/v1/score", json={"user_id": 1, "domain": "target_a", "items": [30]})
     client.post("/v1/score", json={"user_id": 1, "domain": "nowhere", "items": [30]})
     text = client.get("/metrics")
     assert text.headers["content-type"].startswith("text/plain")
-    lines = text.text.splitlines()
+    samples = [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text.text) for s in fam.samples]
 
-    def value(prefix: str) -> float:
-        found = [ln for ln in lines if ln.startswith(prefix)]
-        assert found, prefix
-        return float(found[0].rsplit(" ", 1)[1])
+    def value(name: str, **labels: str) -> float:
+        found = [v for n, lab, v in samples if n == name and lab == labels]
+        assert len(found) == 1, (name, labels)
+        return found[0]
 
-    assert value('dacdr_requests_total{method="POST",path="/v1/score",status="200"}') >= 1
-    assert value('dacdr_request_errors_total{path="/v1/score",kind="client"}') >= 1
-    count = value('dacdr_request_duration_seconds_count{path="/v1/score"}')
-    assert value('dacdr_request_duration_seconds_bucket{path="/v1/score",le="+Inf"}') == count
-    assert value('dacdr_request_duration_seconds_bucket{path="/v1/score",le="0.001"}') <= count
-    assert any(ln.startswith("dacdr_model_info{version=") and ln.endswith(" 1") for ln in lines)
-    assert "# TYPE dacdr_request_duration_seconds histogram" in lines
+    assert value("dacdr_requests_total", method="POST", path="/v1/score", status="200") >= 1
+    assert value("dacdr_request_errors_total", path="/v1/score", kind="client") >= 1
+    count = value("dacdr_request_duration_seconds_count", path="/v1/score")
+    assert value("dacdr_request_duration_seconds_bucket", path="/v1/score", le="+Inf") == count
+    assert value("dacdr_request_duration_seconds_bucket", path="/v1/score", le="0.001") <= count
+    serving = [lab["version"] for n, lab, v in samples if n == "dacdr_model_info" and v == 1]
+    assert serving == [client.get("/readyz").json()["model_version"]]  # versions swapped out read 0
+    assert "# TYPE dacdr_request_duration_seconds histogram" in text.text.splitlines()
 
 
 def test_onnx_engine_serves_the_same_scores(packages, client):

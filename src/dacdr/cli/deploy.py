@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -89,6 +90,7 @@ def serve(
         help="reload by path only packages under this folder (default: the folder holding PACKAGE)")] = None,
     read_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send its request "
                                                               "headers, and its body")] = 10.0,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes (a reload reaches every one)")] = 1,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch
@@ -100,7 +102,7 @@ def serve(
     if engine not in ("torch", "onnx"):
         raise ValueError(f"--engine must be 'torch' or 'onnx', got {engine!r}")
     settings = ServiceSettings(
-        package=package_dir, engine=engine, threads=threads, max_items=max_items,  # type: ignore[arg-type]
+        package=package_dir.resolve(), engine=engine, threads=threads, max_items=max_items,  # type: ignore[arg-type]
         max_body_bytes=max_body_bytes, admin_token=admin_token or os.environ.get("DACDR_ADMIN_TOKEN") or None,
         reload_root=reload_root, read_timeout_s=read_timeout,
     )
@@ -111,9 +113,22 @@ def serve(
         raise
     except Exception as e:  # noqa: BLE001  (whatever a package makes fail, never a traceback)
         raise ValueError(f"{package_dir}: cannot be served ({type(e).__name__}: {e})") from e
-    console.print(f"serving {package_dir} on http://{host}:{port} (engine {engine})")
-    uvicorn.run(create_app(settings, scorer), host=host, port=port, log_level="warning", timeout_keep_alive=30,
-                limit_concurrency=512, http=header_timeout_protocol(read_timeout))
+    console.print(f"serving {package_dir} on http://{host}:{port} (engine {engine}, {workers} worker(s))")
+    options = {"host": host, "port": port, "log_level": "warning", "timeout_keep_alive": 30,
+               "limit_concurrency": 512, "http": header_timeout_protocol(read_timeout)}
+    if workers == 1:
+        uvicorn.run(create_app(settings, scorer), **options)
+        return
+    del scorer  # checked here; every worker loads its own
+    # Worker processes share a state directory (two-phase reload) and Prometheus' multiprocess directory;
+    # both must exist before the first worker imports anything.
+    with tempfile.TemporaryDirectory(prefix="dacdr-serve-") as state_dir:
+        settings.state_dir = state_dir
+        metrics_dir = Path(state_dir) / "metrics"
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ["DACDR_SERVE_SETTINGS"] = settings.to_env()
+        uvicorn.run("dacdr.serving.app:app_from_env", factory=True, workers=workers, **options)
 
 
 @app.command()

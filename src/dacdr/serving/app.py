@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import re
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,17 +27,19 @@ import anyio
 import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from dacdr.package import PackageError
+from dacdr.package import PackageError, verify_package
 from dacdr.serving.engines import EngineName
 from dacdr.serving.explain import explain, refuse_unless_explainable
+from dacdr.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dacdr.serving.metrics import ServiceMetrics
 from dacdr.serving.recommend import RetrievalConfig, attach_indexes, recommend
 from dacdr.serving.scoring import RequestError, ScoreQuery, Scorer
+from dacdr.serving.workers import POLL_SECONDS, WorkerGroup
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt
 MAX_HISTORY = 1000
@@ -65,6 +68,18 @@ class ServiceSettings:
         if self.read_timeout_s <= 0:
             raise ValueError(f"read timeout: must be > 0 s, got {self.read_timeout_s}")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    state_dir: str | None = None
+    """shared directory of a worker group (`dacdr serve --workers N`, `dacdr.serving.workers`); None: one process"""
+    reload_timeout: float = 600.0
+    """seconds every worker may take to load and warm up a reloaded package"""
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def from_env(cls, text: str) -> ServiceSettings:
+        data = json.loads(text)
+        return cls(**(data | {"package": Path(data["package"]), "retrieval": RetrievalConfig(**data["retrieval"])}))
 
 
 # ------------------------------------------------------------------------------------------ schemas
@@ -239,11 +254,51 @@ class ServiceState:
         self.metrics = ServiceMetrics()
         self.scorer: Scorer | None = None
         self.reload_lock = asyncio.Lock()
+        self.group = WorkerGroup(settings.state_dir) if settings.state_dir else None
+        self.generation = 0
+        self.prepared: tuple[int, Scorer | None] = (0, None)
+        """a worker group's proposal loaded here and waiting for the commit: (generation, scorer)"""
 
     def load(self, path: Path) -> Scorer:
         scorer = Scorer.load(path, self.settings.engine, self.settings.threads)
         attach_indexes(scorer, self.settings.retrieval, log=print)
         return scorer
+
+    def swap(self, scorer: Scorer, path: Path) -> None:
+        self.scorer = scorer  # one reference assignment: the atomic swap
+        self.settings.package = path
+        self.metrics.serving(scorer.version, scorer.pkg.description["name"], scorer.engine.name)
+
+    async def follow_group(self) -> None:
+        """Worker group: load proposals when they appear, swap on commit (polled every few milliseconds)."""
+        group = self.group
+        assert group is not None
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            prop = group.proposal()
+            if (prop and prop.number > max(self.generation, self.prepared[0])
+                    and not group.aborted(prop.number)):
+                self.prepared = (prop.number, None)
+                try:
+                    scorer = await anyio.to_thread.run_sync(self.load, Path(prop.package))
+                except Exception as e:  # noqa: BLE001  (reported to the reloading worker, which answers 422)
+                    group.ready(prop.number, f"{type(e).__name__}: {e}")
+                else:
+                    self.prepared = (prop.number, scorer)
+                    group.ready(prop.number)
+            cur = group.committed()
+            if cur and cur.number > self.generation:
+                number, scorer = self.prepared
+                if number != cur.number or scorer is None:  # joined after the proposal: load the committed one
+                    scorer = await anyio.to_thread.run_sync(self.load, Path(cur.package))
+                self.swap(scorer, Path(cur.package))
+                self.generation, self.prepared = cur.number, (0, None)
+                group.report(cur.number, scorer.version)
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker of `dacdr serve --workers N` (uvicorn factory; settings in $DACDR_SERVE_SETTINGS)."""
+    return create_app(ServiceSettings.from_env(os.environ["DACDR_SERVE_SETTINGS"]))
 
 
 def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastAPI:
@@ -258,8 +313,26 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             import torch
 
             torch.set_num_threads(settings.threads)
-        state.scorer = scorer or await anyio.to_thread.run_sync(state.load, settings.package)
-        yield
+        group = state.group
+        if group is None:
+            if scorer is not None:  # loaded by `dacdr serve` before binding; the retrieval index comes here
+                await anyio.to_thread.run_sync(lambda: attach_indexes(scorer, settings.retrieval, log=print))
+            state.swap(scorer or await anyio.to_thread.run_sync(state.load, settings.package), settings.package)
+            yield
+            return
+        group.report(-1, None)  # a member from now on: a reload waits for this worker too
+        committed = group.committed()
+        path = Path(committed.package) if committed else settings.package
+        state.swap(await anyio.to_thread.run_sync(state.load, path), path)
+        state.generation = committed.number if committed else 0
+        group.report(state.generation, state.scorer.version)
+        follower = asyncio.create_task(state.follow_group())
+        try:
+            yield
+        finally:
+            follower.cancel()
+            group.leave()
+            state.metrics.process_exited(os.getpid())
 
     app = FastAPI(title="dacdr scoring service", lifespan=lifespan)
     app.state.service = state
@@ -386,17 +459,12 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         scorer = state.scorer
         if scorer is None:
             return JSONResponse({"ready": False}, status_code=503)
-        return JSONResponse({"ready": True, "model_version": scorer.version, "engine": scorer.engine.name})
+        return JSONResponse({"ready": True, "model_version": scorer.version, "engine": scorer.engine.name,
+                             "worker": os.getpid()})
 
     @app.get("/metrics")
-    def metrics() -> PlainTextResponse:
-        scorer = state.scorer
-        text = state.metrics.render(
-            scorer.version if scorer else "none",
-            scorer.pkg.description["name"] if scorer else "none",
-            scorer.engine.name if scorer else settings.engine,
-        )
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/v1/admin/reload")
     async def reload(
@@ -416,6 +484,8 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             state.metrics.reload("failed")
             raise HTTPException(422, {"error": "package: not under the reload root set by the operator "
                                                "(--reload-root)", "field": "package"})
+        if state.group is not None:
+            return await reload_group(path.resolve())
         async with state.reload_lock:
             old = state.scorer
             t0 = time.perf_counter()
@@ -428,11 +498,45 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
                 state.metrics.reload("failed")
                 raise HTTPException(500, {"error": f"package: could not be loaded ({type(e).__name__}: {e})",
                                           "field": "package"}) from None
-            state.scorer = new  # one reference assignment: the atomic swap
-            settings.package = path
+            state.swap(new, path)
             state.metrics.reload("ok")
         return {"previous_version": old.version if old else None, "model_version": new.version,
                 "seconds": round(time.perf_counter() - t0, 3)}
+
+    async def reload_group(path: Path) -> dict[str, Any]:
+        """Two-phase reload of every worker (`dacdr.serving.workers`): all load, then all swap, or none."""
+        group = state.group
+        assert group is not None
+        old, t0 = state.scorer, time.perf_counter()
+        try:
+            await anyio.to_thread.run_sync(verify_package, path)  # a bad path fails here, before any worker loads
+        except (PackageError, FileNotFoundError, ValueError) as e:
+            state.metrics.reload("failed")
+            raise HTTPException(422, {"error": f"package: {e}", "field": "package"}) from None
+
+        def two_phase() -> tuple[int, dict[int, str], dict[int, dict]]:
+            with group.lock():
+                generation = group.propose(str(path))
+                answers = group.wait_ready(generation, settings.reload_timeout)
+                if any(a != "ok" for a in answers.values()):
+                    group.abort(generation)
+                    return generation, answers, {}
+                group.commit(generation, str(path))
+                return generation, answers, group.wait_switched(generation, 30.0)
+
+        async with state.reload_lock:
+            generation, answers, members = await anyio.to_thread.run_sync(two_phase)
+        failed = {pid: a for pid, a in answers.items() if a != "ok"}
+        if failed:
+            state.metrics.reload("failed")
+            detail = "; ".join(f"worker {pid}: {a}" for pid, a in sorted(failed.items()))
+            raise HTTPException(422, {"error": f"package: not loaded by every worker, none switched ({detail})",
+                                      "field": "package"})
+        state.metrics.reload("ok")
+        versions = sorted({m.get("version") for m in members.values()})
+        return {"previous_version": old.version if old else None, "model_version": versions[0] if len(versions) == 1
+                else versions, "seconds": round(time.perf_counter() - t0, 3), "generation": generation,
+                "workers": len(members)}
 
     routes.update(getattr(r, "path", "") for r in app.routes)
     return app

@@ -1,82 +1,83 @@
-"""A small Prometheus text exposition (format 0.0.4): request counts, errors, a latency histogram, model info.
+"""Prometheus metrics of the service (`prometheus_client`), correct across worker processes.
 
-Hand-written rather than `prometheus_client`: five metric families do not earn a dependency, and the
-service keeps one process, so no multiprocess collector is needed.
+One process: the metrics live in a registry of their own. Several workers (`dacdr serve --workers N`):
+`PROMETHEUS_MULTIPROC_DIR` is set before any worker starts, every worker writes its values there, and
+`/metrics` on any worker aggregates all of them (counters and histograms summed; `dacdr_model_info` one
+line per live worker, labelled with its pid).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()  # the `_created` series double the output and no dashboard here reads them
 
 
-def _labels(**kv: str) -> str:
-    def esc(v: str) -> str:
-        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-    return "{" + ",".join(f'{k}="{esc(str(v))}"' for k, v in kv.items()) + "}"
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class ServiceMetrics:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.errors: dict[tuple[str, str], int] = defaultdict(int)
-        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.latency_count: dict[str, int] = defaultdict(int)
-        self.items_scored = 0
-        self.reloads: dict[str, int] = defaultdict(int)
+        # Multiprocess values are process-wide files: metrics are then created once per process.
+        self.registry = None if multiprocess_mode() else CollectorRegistry(auto_describe=True)
+        reg = {"registry": self.registry}
+        self.requests = Counter("dacdr_requests", "HTTP requests by method, route and status.",
+                                ["method", "path", "status"], **reg)
+        self.errors = Counter("dacdr_request_errors", "Responses with status >= 400, by route and kind.",
+                              ["path", "kind"], **reg)
+        self.latency = Histogram("dacdr_request_duration_seconds",
+                                 "Request latency, from first byte in to last byte out.", ["path"],
+                                 buckets=LATENCY_BUCKETS, **reg)
+        self.items = Counter("dacdr_items_scored", "Candidate items scored.", **reg)
+        self.reloads = Counter("dacdr_model_reloads", "Reload attempts by outcome.", ["outcome"], **reg)
+        for outcome in ("ok", "failed"):
+            self.reloads.labels(outcome)
+        self.model = Gauge("dacdr_model_info", "The model being served (1; 0 for a version swapped out).",
+                           ["version", "name", "engine"], multiprocess_mode="liveall", **reg)
+        self._model_labels: tuple[str, str, str] | None = None
 
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(method, path, status)] += 1
-            if status >= 400:
-                self.errors[(path, "client" if status < 500 else "server")] += 1
-            counts = self.buckets[path]
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
-            self.latency_sum[path] += seconds
-            self.latency_count[path] += 1
+        self.requests.labels(method, path, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(path, "client" if status < 500 else "server").inc()
+        self.latency.labels(path).observe(seconds)
 
     def add_items(self, n: int) -> None:
-        with self._lock:
-            self.items_scored += n
+        self.items.inc(n)
 
     def reload(self, outcome: str) -> None:
-        with self._lock:
-            self.reloads[outcome] += 1
+        self.reloads.labels(outcome).inc()
 
-    def render(self, model_version: str, model_name: str, engine: str) -> str:
-        lines: list[str] = []
-        with self._lock:
-            lines += ["# HELP dacdr_requests_total HTTP requests by method, route and status.",
-                      "# TYPE dacdr_requests_total counter"]
-            for (method, path, status), n in sorted(self.requests.items()):
-                lines.append(f"dacdr_requests_total{_labels(method=method, path=path, status=str(status))} {n}")
-            lines += ["# HELP dacdr_request_errors_total Responses with status >= 400, by route and kind.",
-                      "# TYPE dacdr_request_errors_total counter"]
-            for (path, kind), n in sorted(self.errors.items()):
-                lines.append(f"dacdr_request_errors_total{_labels(path=path, kind=kind)} {n}")
-            lines += ["# HELP dacdr_request_duration_seconds Request latency, from first byte in to last byte out.",
-                      "# TYPE dacdr_request_duration_seconds histogram"]
-            for path in sorted(self.buckets):
-                for bound, n in zip(LATENCY_BUCKETS, self.buckets[path], strict=True):
-                    lines.append(f"dacdr_request_duration_seconds_bucket{_labels(path=path, le=repr(bound))} {n}")
-                lines.append(f"dacdr_request_duration_seconds_bucket{_labels(path=path, le='+Inf')} "
-                             f"{self.latency_count[path]}")
-                lines.append(f"dacdr_request_duration_seconds_sum{_labels(path=path)} {self.latency_sum[path]:.6f}")
-                lines.append(f"dacdr_request_duration_seconds_count{_labels(path=path)} {self.latency_count[path]}")
-            lines += ["# HELP dacdr_items_scored_total Candidate items scored.",
-                      "# TYPE dacdr_items_scored_total counter", f"dacdr_items_scored_total {self.items_scored}"]
-            lines += ["# HELP dacdr_model_reloads_total Reload attempts by outcome.",
-                      "# TYPE dacdr_model_reloads_total counter"]
-            for outcome in ("ok", "failed"):
-                lines.append(f"dacdr_model_reloads_total{_labels(outcome=outcome)} {self.reloads[outcome]}")
-        lines += ["# HELP dacdr_model_info The model being served (value is always 1).",
-                  "# TYPE dacdr_model_info gauge",
-                  f"dacdr_model_info{_labels(version=model_version, name=model_name, engine=engine)} 1"]
-        return "\n".join(lines) + "\n"
+    def serving(self, version: str, name: str, engine: str) -> None:
+        """Record the model this process serves now."""
+        labels = (version, name, engine)
+        if self._model_labels and self._model_labels != labels:
+            self.model.labels(*self._model_labels).set(0)
+        self.model.labels(*labels).set(1)
+        self._model_labels = labels
+
+    def render(self) -> bytes:
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    @staticmethod
+    def process_exited(pid: int) -> None:
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(pid)
