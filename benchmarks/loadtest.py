@@ -1,13 +1,18 @@
-"""Load test of `dacdr serve` on loopback: one user x 100 candidate items, concurrency 1 / 8 / 32.
+"""Load test of `dacdr serve`: one user x 100 candidate items, concurrency 1 / 8 / 32, wrk and a Python client.
 
-For each engine (eager PyTorch, ONNX Runtime) a fresh server is started on a free port; an async httpx
-client runs closed-loop workers (each sends its next request when the previous answer arrives) for a fixed
-number of requests per level, after a warm-up. A final phase at concurrency 8 reloads the package in the
-middle of the load. Every non-200 answer or transport error counts as an error.
+For each configuration (engine x server options) a fresh server is started, pinned with `taskset` to the
+server CPUs; the load generators run pinned to the client CPUs:
 
-    python benchmarks/loadtest.py PACKAGE --requests 400 --out runs/loadtest.json
+1. cold: right after start, one pass of wrk (concurrency 8) over bodies no request has used yet;
+2. wrk (a Lua script drawing from 500 different bodies: random store users, random items of a target pool)
+   for `--duration` seconds at each concurrency level;
+3. the async httpx client (closed loop) for `--requests` requests at each level, as a second reference;
+4. the httpx client at concurrency 8 while the package is reloaded half-way (every non-200 is an error).
 
-Client and server share the machine: on a 2-core box the client's own CPU use is part of the latency.
+    python benchmarks/loadtest.py PKG --reload-package PKG2 --out runs/loadtest.json \\
+        --configs "torch:--engine torch" "onnx:--engine onnx" "onnx 2 workers:--engine onnx --workers 2"
+
+wrk is required (Debian: `apt-get install wrk`). Every row records the box's load average at its start.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import asyncio
 import json
 import os
 import random
+import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,41 +44,89 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(package: Path, engine: str, threads: int) -> tuple[subprocess.Popen, str]:
+def pinned(cpus: str | None, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
+
+
+def start_server(package: Path, args: list[str], cpus: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-c", "from dacdr.cli import main; main()", "serve", str(package), "--port", str(port),
-           "--engine", engine, "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, DACDR_ADMIN_TOKEN=TOKEN),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = pinned(cpus, [sys.executable, "-c", "from dacdr.cli import main; main()", "serve", str(package),
+                        "--port", str(port), *args])
+    proc = subprocess.Popen(cmd, env=dict(os.environ, DACDR_ADMIN_TOKEN=TOKEN), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(1500):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {shlex.join(cmd)}")
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)
+    stop_server(proc)
+    raise TimeoutError("server not ready")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
-    raise TimeoutError(f"{engine} server not ready")
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
-def payloads(package: Path, n_items: int, n: int, seed: int = 0) -> tuple[list[dict], str]:
-    """Requests for random store users and random candidate items of one target domain."""
+def payloads(package: Path, n_items: int, n: int, seed: int) -> list[dict]:
+    """Requests for random store users and random candidate items of the first target domain's pool."""
     from dacdr.package import load_package
 
     pkg = load_package(package)
     rng = random.Random(seed)
     target = next(d["domain"] for d in pkg.domains if d["role"] == "target")
+    values = pkg.vocabs["item"].values
+    pool = [values[i - 2] for i in pkg.item_pools.get(target, [])] or values
     users = pkg.vocabs["user"].values
-    items = pkg.vocabs["item"].values
-    return [{"user_id": rng.choice(users), "domain": target, "items": rng.sample(items, n_items)}
-            for _ in range(n)], target
+    return [{"user_id": rng.choice(users), "domain": target, "items": rng.sample(pool, min(n_items, len(pool)))}
+            for _ in range(n)]
 
 
-async def run_level(url: str, reqs: list[dict], concurrency: int, reload_package: Path | None = None) -> dict:
+def lua_script(bodies: list[dict], once: bool) -> str:
+    """wrk script: POST /v1/score with a random body (or each body once, then stop)."""
+    rows = ",\n".join("[[" + json.dumps(b) + "]]" for b in bodies)
+    pick = "i = i + 1; return wrk.format(nil, '/v1/score', nil, bodies[(i - 1) % #bodies + 1])" if once else \
+        "return wrk.format(nil, '/v1/score', nil, bodies[math.random(#bodies)])"
+    stop = "done = 0\nresponse = function() done = done + 1; if done >= #bodies then wrk.thread:stop() end end\n" \
+        if once else ""
+    return (f"bodies = {{\n{rows}\n}}\ni = 0\nwrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+            f"request = function() {pick} end\n{stop}")
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(url: str, script: Path, concurrency: int, duration: float, cpus: str | None) -> dict:
+    cmd = pinned(cpus, ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "10s",
+                        "-s", str(script), url])
+    load = os.getloadavg()[0]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return {"client": "wrk", "concurrency": concurrency, "requests": n, "errors": errors,
+            "p50_ms": round(_ms(lat["50"]), 2), "p99_ms": round(_ms(lat["99"]), 2),
+            "throughput_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "load1": load}
+
+
+async def run_python(url: str, reqs: list[dict], concurrency: int, reload_package: Path | None = None) -> dict:
     latencies: list[float] = []
     errors = 0
     queue = list(reqs)
     reload_result: dict = {}
+    load = os.getloadavg()[0]
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal errors
@@ -88,7 +145,7 @@ async def run_level(url: str, reqs: list[dict], concurrency: int, reload_package
         while len(queue) > len(reqs) // 2:
             await asyncio.sleep(0.01)
         r = await client.post("/v1/admin/reload", json={"package": str(reload_package)},
-                              headers={"authorization": f"Bearer {TOKEN}"}, timeout=120)
+                              headers={"authorization": f"Bearer {TOKEN}"}, timeout=600)
         reload_result.update(status=r.status_code, **(r.json() if r.status_code == 200 else {}))
 
     limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
@@ -100,51 +157,97 @@ async def run_level(url: str, reqs: list[dict], concurrency: int, reload_package
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1000
-    out = {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
+    out = {"client": "python", "concurrency": concurrency, "requests": len(latencies), "errors": errors,
            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
-           "mean_ms": round(float(lat.mean()), 2), "throughput_rps": round(len(latencies) / wall, 1)}
+           "throughput_rps": round(len(latencies) / wall, 1), "load1": load}
     if reload_package is not None:
         out["reload"] = reload_result
+        out["errors"] += reload_result.get("status") != 200
     return out
 
 
+def run_config(name: str, server_args: list[str], args: argparse.Namespace, bodies: list[dict],
+               cold_bodies: list[dict], tmp: Path) -> list[dict]:
+    random_lua, cold_lua = tmp / "random.lua", tmp / f"cold-{abs(hash(name))}.lua"
+    random_lua.write_text(lua_script(bodies, once=False))
+    cold_lua.write_text(lua_script(cold_bodies, once=True))
+    cpus = args.server_cpus
+    if "@" in name:  # "NAME@CPUS": this configuration's server runs on other CPUs
+        name, cpus = name.split("@")
+    proc, url = start_server(args.package, server_args, cpus)
+    rows = []
+    try:
+        rows.append(run_wrk(url, cold_lua, 8, 60, args.client_cpus) | {"phase": "cold"})
+        for c in args.levels:
+            rows.append(run_wrk(url, random_lua, c, args.duration, args.client_cpus) | {"phase": "steady"})
+        python = [sys.executable, __file__, "--python-client", url, "--bodies", str(tmp / "bodies.json")]
+        for c in args.levels:
+            rows.append(json.loads(subprocess.run(pinned(args.client_cpus, [*python, "--concurrency", str(c)]),
+                                                  capture_output=True, text=True, check=True).stdout)
+                        | {"phase": "steady"})
+        if args.reload_package:
+            cmd = [*python, "--concurrency", "8", "--reload", str(args.reload_package)]
+            rows.append(json.loads(subprocess.run(pinned(args.client_cpus, cmd), capture_output=True, text=True,
+                                                  check=True).stdout) | {"phase": "reload"})
+    finally:
+        stop_server(proc)
+    for r in rows:
+        r["config"] = name
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| config | client | phase | concurrency | requests | errors | p50 ms | p99 ms | req/s | load |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['config']} | {r['client']} | {r['phase']} | {r['concurrency']} | {r['requests']} | "
+                   f"{r['errors']} | {r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} | {r['load1']:.1f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
+    if "--python-client" in sys.argv:  # a subprocess, so that it can be pinned apart from the server
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--python-client")
+        ap.add_argument("--bodies", type=Path)
+        ap.add_argument("--concurrency", type=int)
+        ap.add_argument("--reload", type=Path, default=None)
+        a = ap.parse_args()
+        reqs = json.loads(a.bodies.read_text())
+        print(json.dumps(asyncio.run(run_python(a.python_client, reqs, a.concurrency, a.reload))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("package", type=Path)
-    ap.add_argument("--reload-package", type=Path, default=None, help="package swapped in during load "
-                                                                       "(default: the same package)")
-    ap.add_argument("--engines", default="torch,onnx")
-    ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
+    ap.add_argument("--reload-package", type=Path, default=None, help="package swapped in under load")
+    ap.add_argument("--configs", nargs="+", default=["torch:--engine torch", "onnx:--engine onnx"],
+                    help="NAME[@SERVER CPUS]:SERVE ARGS, one configuration each")
+    ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds of wrk per level")
+    ap.add_argument("--requests", type=int, default=400, help="requests of the Python client per level")
     ap.add_argument("--items", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=1, help="server intra-op threads per inference")
+    ap.add_argument("--server-cpus", default="1", help="taskset CPU list of the server ('' = any)")
+    ap.add_argument("--client-cpus", default="0", help="taskset CPU list of wrk and the Python client")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    reqs, domain = payloads(args.package, args.items, args.requests)
-    results: dict = {"package": str(args.package), "items": args.items, "domain": domain,
-                     "threads": args.threads, "cpus": os.cpu_count(), "engines": {}}
-    for engine in args.engines.split(","):
-        proc, url = start_server(args.package, engine, args.threads)
-        try:
-            asyncio.run(run_level(url, reqs[:50], 4))  # warm-up, not reported
-            levels = [asyncio.run(run_level(url, reqs, int(c))) for c in args.levels.split(",")]
-            levels.append(asyncio.run(run_level(url, reqs, 8, args.reload_package or args.package)) | {
-                "phase": "reload during load"})
-            results["engines"][engine] = levels
-        finally:
-            proc.terminate()
-            proc.wait(10)
-        for row in levels:
-            print(engine, json.dumps(row))
-    print("\n| engine | concurrency | requests | errors | p50 ms | p99 ms | req/s |\n|---|---|---|---|---|---|---|")
-    for engine, levels in results["engines"].items():
-        for r in levels:
-            label = f"{r['concurrency']}" + (" + reload" if "reload" in r else "")
-            print(f"| {engine} | {label} | {r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | "
-                  f"{r['throughput_rps']} |")
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+    bodies = payloads(args.package, args.items, 500, args.seed)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bodies.json").write_text(json.dumps(bodies[: args.requests]))
+        for i, spec in enumerate(args.configs):
+            name, _, server_args = spec.partition(":")
+            cold = payloads(args.package, args.items, 500, args.seed + 1000 + i)
+            rows += run_config(name, shlex.split(server_args), args, bodies, cold, Path(tmp))
+    print(f"\nCPUs: {os.cpu_count()}, server on {args.server_cpus or 'any'}, clients on {args.client_cpus or 'any'}")
+    print(table(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        args.out.write_text(json.dumps({"package": str(args.package), "items": args.items, "rows": rows,
+                                        "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
+                                        "cpus": os.cpu_count()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -246,3 +246,19 @@ def test_onnx_engine_serves_the_same_scores(packages, client):
             assert r.status_code == 403 and json.loads(r.text)["field"] == "authorization"
     finally:
         srv.stop()
+
+
+def test_latency_options_do_not_change_answers(packages, client):
+    """Thread pool vs event loop, FastAPI's JSON vs orjson, with and without the history cache: same bodies."""
+    from fastapi.testclient import TestClient
+
+    from dacdr.serving.app import ServiceSettings, create_app
+
+    req = {"user_id": 3, "domain": "target_a", "items": [30, 31, "x"]}
+    expected = client.post("/v1/score", json=req).json()
+    for options in ({"inline": False, "fast_json": False, "history_cache": 0}, {"history_cache": 2}):
+        with TestClient(create_app(ServiceSettings(package=packages[0], **options))) as c:
+            for _ in range(2):  # the second answer comes from the cache
+                got = c.post("/v1/score", json=req).json()
+                np.testing.assert_allclose(got.pop("scores"), expected["scores"], atol=1e-6)
+                assert got == {k: v for k, v in expected.items() if k != "scores"}

@@ -91,6 +91,10 @@ def serve(
     read_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send its request "
                                                               "headers, and its body")] = 10.0,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (a reload reaches every one)")] = 1,
+    inline: Annotated[bool, typer.Option("--inline/--threadpool",
+                                         help="score on the event loop, or in a thread pool")] = True,
+    fast_json: Annotated[bool, typer.Option("--fast-json/--std-json", help="orjson responses")] = True,
+    history_cache: Annotated[int, typer.Option(min=0, help="store look-ups cached in memory (0: off)")] = 10_000,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch
@@ -105,10 +109,11 @@ def serve(
         package=package_dir.resolve(), engine=engine, threads=threads, max_items=max_items,  # type: ignore[arg-type]
         max_body_bytes=max_body_bytes, admin_token=admin_token or os.environ.get("DACDR_ADMIN_TOKEN") or None,
         reload_root=reload_root, read_timeout_s=read_timeout,
+        inline=inline, fast_json=fast_json, history_cache=history_cache,
     )
     torch.set_num_threads(threads)
     try:  # load, verify and warm up before binding the port: a bad package is one line and exit 2
-        scorer = Scorer.load(package_dir, settings.engine, threads)
+        scorer = Scorer.load(package_dir, settings.engine, threads, settings.history_cache)
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001  (whatever a package makes fail, never a traceback)

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import anyio
 import numpy as np
+import orjson
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -68,6 +69,12 @@ class ServiceSettings:
         if self.read_timeout_s <= 0:
             raise ValueError(f"read timeout: must be > 0 s, got {self.read_timeout_s}")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    inline: bool = True
+    """score on the event loop (True) or in FastAPI's thread pool"""
+    fast_json: bool = True
+    """encode responses with orjson (True) or FastAPI's `jsonable_encoder` + `json`"""
+    history_cache: int = 10_000
+    """store look-ups kept in memory (LRU); 0 reads SQLite on every request"""
     state_dir: str | None = None
     """shared directory of a worker group (`dacdr serve --workers N`, `dacdr.serving.workers`); None: one process"""
     reload_timeout: float = 600.0
@@ -260,7 +267,7 @@ class ServiceState:
         """a worker group's proposal loaded here and waiting for the commit: (generation, scorer)"""
 
     def load(self, path: Path) -> Scorer:
-        scorer = Scorer.load(path, self.settings.engine, self.settings.threads)
+        scorer = Scorer.load(path, self.settings.engine, self.settings.threads, self.settings.history_cache)
         attach_indexes(scorer, self.settings.retrieval, log=print)
         return scorer
 
@@ -389,7 +396,6 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
                                                                                          strict=True)]}
         return result
 
-    @app.post("/v1/score")
     def score(req: ScoreRequest) -> dict[str, Any]:
         check_items(len(req.items), "")
         scorer = current()
@@ -403,7 +409,6 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         state.metrics.add_items(len(req.items))
         return result
 
-    @app.post("/v1/recommend")
     def recommend_route(req: RecommendRequest) -> dict[str, Any]:
         scorer = current()
         if req.explain:
@@ -420,7 +425,6 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         state.metrics.add_items(result["retrieval"]["scored_exactly"])
         return result
 
-    @app.post("/v1/score/batch")
     def score_batch(req: BatchScoreRequest) -> dict[str, Any]:
         if len(req.requests) > settings.max_batch_users:
             raise RequestError("requests", f"at most {settings.max_batch_users} users per batch, "
@@ -444,6 +448,29 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
                 with_explanations(scorer, q, res)
         state.metrics.add_items(total)
         return {"results": results, "model_version": scorer.version}
+
+    def post(path: str, handler, body: type) -> None:
+        """Register a scoring route: run on the event loop (`inline`, no thread hand-off: the work is short
+        and CPU-bound) or in FastAPI's thread pool; answer with orjson (`fast_json`) or FastAPI's encoder."""
+
+        def run(req):
+            result = handler(req)
+            return Response(orjson.dumps(result), media_type="application/json") if settings.fast_json else result
+
+        async def on_loop(req):
+            return run(req)
+
+        def in_pool(req):
+            return run(req)
+
+        endpoint = on_loop if settings.inline else in_pool
+        endpoint.__annotations__ = {"req": body}
+        endpoint.__name__ = handler.__name__
+        app.post(path)(endpoint)
+
+    post("/v1/score", score, ScoreRequest)
+    post("/v1/recommend", recommend_route, RecommendRequest)
+    post("/v1/score/batch", score_batch, BatchScoreRequest)
 
     @app.get("/v1/domains")
     def domains() -> dict[str, Any]:

@@ -6,6 +6,7 @@ that holds a scorer finishes on it whatever happens meanwhile.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -76,17 +77,31 @@ class Scorer:
         """the `RetrievalConfig` those indexes were fitted with"""
 
     @classmethod
-    def load(cls, path: str | Path, engine: EngineName = "torch", threads: int | None = None) -> Scorer:
+    def load(cls, path: str | Path, engine: EngineName = "torch", threads: int | None = None,
+             history_cache: int = 0) -> Scorer:
         pkg = load_package(path)
         scorer = cls(pkg, make_engine(pkg, engine, threads))
+        if history_cache:
+            scorer._history = functools.lru_cache(maxsize=history_cache)(scorer._history)
         scorer.warm_up()
         return scorer
 
+    def _history(self, user: str) -> np.ndarray | None:
+        tokens = self.pkg.store.history(user)
+        if tokens is not None:
+            tokens.setflags(write=False)  # may be shared through the cache
+        return tokens
+
     def warm_up(self) -> None:
-        """One call per shape family before traffic, so the first request does not pay for lazy init."""
+        """Calls over the shapes traffic brings (history lengths, item counts, batches) before it comes, so
+        that no first request pays for lazy initialisation or a new shape (the cold-start tail)."""
         any_target = next(iter(self.domains))
-        for hist in ([], None):
-            self.score([ScoreQuery("__warmup__", any_target, ["__warmup__"] * 8, hist)])
+        beh = self.behaviour_vocab.values[0]
+        for n_hist in sorted({0, 1, 2, 5, 10, 20, self.max_len // 2, self.max_len}):
+            hist = [{"item": "__warmup__", "behaviour": beh, "rating": 0.0}] * n_hist
+            for n_items in (1, 8, 100):
+                self.score([ScoreQuery("__warmup__", any_target, ["__warmup__"] * n_items, hist)])
+        self.score([ScoreQuery("__warmup__", any_target, ["__warmup__"] * 8, None)] * 2)
 
     # ---------------------------------------------------------------------------------------- inputs
     def _encode_history(self, events: list[dict[str, Any]], where: str) -> tuple[np.ndarray, list]:
@@ -124,7 +139,7 @@ class Scorer:
             tokens, unknown = self._encode_history(q.history, q.where)
             raw = [ev["item"] for ev in q.history][-self.max_len:] if self.max_len else []
             return Resolved(tokens[-self.max_len:], "request", False, unknown, raw)
-        stored = self.pkg.store.history(str(q.user_id))
+        stored = self._history(str(q.user_id))
         if stored is None:
             return Resolved(np.zeros((0, self.n_fields), dtype=np.int64), "none", True)
         return Resolved(stored[-self.max_len:], "store", False)
