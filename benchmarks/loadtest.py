@@ -10,7 +10,10 @@ server CPUs; the load generators run pinned to the client CPUs:
 4. the httpx client at concurrency 8 while the package is reloaded half-way (every non-200 is an error).
 
     python benchmarks/loadtest.py PKG --reload-package PKG2 --out runs/loadtest.json \\
-        --configs "torch:--engine torch" "onnx:--engine onnx" "onnx 2 workers:--engine onnx --workers 2"
+        --configs "torch:--engine torch" "onnx:--engine onnx" "onnx 2 workers@0,1:--engine onnx --workers 2"
+
+`--ablation ROUNDS` instead starts every configuration's server at once and runs wrk on them in turn, round
+after round (the first configuration is the reference of the ratios).
 
 wrk is required (Debian: `apt-get install wrk`). Every row records the box's load average at its start.
 """
@@ -25,6 +28,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -107,11 +111,11 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, script: Path, concurrency: int, duration: float, cpus: str | None) -> dict:
-    cmd = pinned(cpus, ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "10s",
+    cmd = pinned(cpus, ["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "--timeout", "10s",
                         "-s", str(script), url])
     load = os.getloadavg()[0]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     n = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -177,7 +181,8 @@ def run_config(name: str, server_args: list[str], args: argparse.Namespace, bodi
     proc, url = start_server(args.package, server_args, cpus)
     rows = []
     try:
-        rows.append(run_wrk(url, cold_lua, 8, 60, args.client_cpus) | {"phase": "cold"})
+        # wrk keeps its clock running after the script stops its thread: the pass's req/s is not meaningful
+        rows.append(run_wrk(url, cold_lua, 8, 10, args.client_cpus) | {"phase": "cold", "throughput_rps": None})
         for c in args.levels:
             rows.append(run_wrk(url, random_lua, c, args.duration, args.client_cpus) | {"phase": "steady"})
         python = [sys.executable, __file__, "--python-client", url, "--bodies", str(tmp / "bodies.json")]
@@ -197,16 +202,69 @@ def run_config(name: str, server_args: list[str], args: argparse.Namespace, bodi
     return rows
 
 
+def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[dict]:
+    """Every configuration's server up at once; wrk at each level, configurations interleaved round after
+    round, so that a change in the box's load hits all of them alike. Medians over rounds, and ratios
+    against the first configuration (the one without the levers)."""
+    script = tmp / "random.lua"
+    script.write_text(lua_script(bodies, once=False))
+    servers = []
+    try:
+        for spec in args.configs:
+            name, _, server_args = spec.partition(":")
+            cpus = args.server_cpus
+            if "@" in name:
+                name, cpus = name.split("@")
+            servers.append((name, *start_server(args.package, shlex.split(server_args), cpus)))
+        for _, _, url in servers:  # warm every server the same way
+            run_wrk(url, script, 8, 2, args.client_cpus)
+        samples: dict[tuple[str, int], list[dict]] = {}
+        for rnd in range(args.ablation):
+            for c in args.levels:
+                order = servers if rnd % 2 == 0 else servers[::-1]
+                for name, _, url in order:
+                    samples.setdefault((name, c), []).append(run_wrk(url, script, c, args.duration, args.client_cpus))
+    finally:
+        for _, proc, _ in servers:
+            stop_server(proc)
+    rows = []
+    for (name, c), runs in samples.items():
+        rows.append({"config": name, "concurrency": c, "rounds": len(runs),
+                     "requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
+                     "p50_ms": float(np.median([r["p50_ms"] for r in runs])),
+                     "p99_ms": float(np.median([r["p99_ms"] for r in runs])),
+                     "throughput_rps": float(np.median([r["throughput_rps"] for r in runs])),
+                     "load1": float(np.mean([r["load1"] for r in runs]))})
+    base = {r["concurrency"]: r for r in rows if r["config"] == rows[0]["config"]}
+    for r in rows:
+        b = base[r["concurrency"]]
+        r["rps_ratio"] = round(r["throughput_rps"] / b["throughput_rps"], 2)
+        r["p99_ratio"] = round(r["p99_ms"] / b["p99_ms"], 2)
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def ablation_table(rows: list[dict]) -> str:
+    out = ["| config | concurrency | rounds | errors | p50 ms | p99 ms | req/s | req/s ratio | p99 ratio | load |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["concurrency"]):
+        out.append(f"| {r['config']} | {r['concurrency']} | {r['rounds']} | {r['errors']} | {r['p50_ms']} | "
+                   f"{r['p99_ms']} | {r['throughput_rps']} | {r['rps_ratio']} | {r['p99_ratio']} | {r['load1']:.1f} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     out = ["| config | client | phase | concurrency | requests | errors | p50 ms | p99 ms | req/s | load |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        rps = "—" if r["throughput_rps"] is None else r["throughput_rps"]
         out.append(f"| {r['config']} | {r['client']} | {r['phase']} | {r['concurrency']} | {r['requests']} | "
-                   f"{r['errors']} | {r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} | {r['load1']:.1f} |")
+                   f"{r['errors']} | {r['p50_ms']} | {r['p99_ms']} | {rps} | {r['load1']:.1f} |")
     return "\n".join(out)
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through `finally`: the server stops
     if "--python-client" in sys.argv:  # a subprocess, so that it can be pinned apart from the server
         ap = argparse.ArgumentParser()
         ap.add_argument("--python-client")
@@ -223,17 +281,28 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["torch:--engine torch", "onnx:--engine onnx"],
                     help="NAME[@SERVER CPUS]:SERVE ARGS, one configuration each")
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds of wrk per level")
+    ap.add_argument("--duration", type=int, default=8, help="seconds of wrk per level")
     ap.add_argument("--requests", type=int, default=400, help="requests of the Python client per level")
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--server-cpus", default="1", help="taskset CPU list of the server ('' = any)")
     ap.add_argument("--client-cpus", default="0", help="taskset CPU list of wrk and the Python client")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ablation", type=int, default=0, metavar="ROUNDS",
+                    help="instead: all configurations up at once, wrk only, interleaved for ROUNDS rounds")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
     bodies = payloads(args.package, args.items, 500, args.seed)
+    if args.ablation:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = ablation(args, bodies, Path(tmp))
+        print(f"\nCPUs: {os.cpu_count()}, servers on {args.server_cpus or 'any'}, wrk on {args.client_cpus or 'any'}")
+        print(ablation_table(rows))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"package": str(args.package), "ablation": rows}, indent=1))
+        return
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bodies.json").write_text(json.dumps(bodies[: args.requests]))

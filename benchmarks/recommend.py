@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--users", type=int, default=100, help="held-out store users per domain")
     ap.add_argument("--engine", default="onnx")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds of wrk per level")
+    ap.add_argument("--duration", type=int, default=8, help="seconds of wrk per level")
     ap.add_argument("--server-cpus", default="1")
     ap.add_argument("--client-cpus", default="0")
     ap.add_argument("--seed", type=int, default=0)

@@ -92,7 +92,7 @@ def serve(
                                                               "headers, and its body")] = 10.0,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (a reload reaches every one)")] = 1,
     inline: Annotated[bool, typer.Option("--inline/--threadpool",
-                                         help="score on the event loop, or in a thread pool")] = True,
+                                         help="score on the event loop, or in a thread pool")] = False,
     fast_json: Annotated[bool, typer.Option("--fast-json/--std-json", help="orjson responses")] = True,
     history_cache: Annotated[int, typer.Option(min=0, help="store look-ups cached in memory (0: off)")] = 10_000,
 ) -> None:

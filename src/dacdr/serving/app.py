@@ -69,8 +69,8 @@ class ServiceSettings:
         if self.read_timeout_s <= 0:
             raise ValueError(f"read timeout: must be > 0 s, got {self.read_timeout_s}")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    inline: bool = True
-    """score on the event loop (True) or in FastAPI's thread pool"""
+    inline: bool = False
+    """score on the event loop (True) or in FastAPI's thread pool (measured faster: docs/serving.md)"""
     fast_json: bool = True
     """encode responses with orjson (True) or FastAPI's `jsonable_encoder` + `json`"""
     history_cache: int = 10_000
