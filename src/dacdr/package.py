@@ -59,8 +59,9 @@ DOMAINS = "domains.json"
 METRICS = "metrics.json"
 STORE = "store.sqlite"
 PACKAGE_FILES = (WEIGHTS, DESCRIPTION, VOCABS, TABLES, DOMAINS, METRICS, STORE)
-EXPORT_FILES = ("model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json")
-"""optional files `dacdr export` adds; when present they must be listed in the manifest"""
+EXPORT_FILES = ("model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json",
+                "retrieval.safetensors")
+"""optional files `dacdr export` (and `dacdr index`) add; when present they must be listed in the manifest"""
 STORE_FORMAT = 1
 
 

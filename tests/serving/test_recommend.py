@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from dacdr.package import build_package, load_package
+from dacdr.package import PackageError, build_package, load_package
 from dacdr.serving.app import ServiceSettings, create_app
 from dacdr.serving.recommend import RetrievalConfig, attach_indexes, load_indexes, recommend, save_indexes
 from dacdr.serving.scoring import ScoreQuery, Scorer
@@ -126,6 +129,7 @@ def test_explain_is_refused_for_a_model_without_attention(handmade_path, tmp_pat
 
 def test_retrieval_stage_rescores_its_candidates_exactly_and_round_trips(package, tmp_path):
     """Forced onto the 30-item source pool: the returned scores are exact, and the saved index loads back."""
+    package = Path(shutil.copytree(package, tmp_path / "pkg"))  # the index is added to this copy
     cfg = RetrievalConfig(rank=3, probes=4, rerank=12, fit_users=20)
     scorer = Scorer.load(package, "torch", 1)
     attach_indexes(scorer, cfg)
@@ -146,6 +150,11 @@ def test_retrieval_stage_rescores_its_candidates_exactly_and_round_trips(package
     assert fresh.retrieval == cfg
     np.testing.assert_array_equal(fresh.indexes["source"].factors, scorer.indexes["source"].factors)
     assert recommend(fresh, q, k=5, exclude_history=False)["items"] == got["items"]
+    assert "retrieval.safetensors" in load_package(package).manifest["files"]  # listed, so checksummed
     fresh.version = "DACDR-000000000000"  # another package version: the saved index is not used
     assert load_indexes(fresh) is None
-    (package / "retrieval.safetensors").unlink()
+    with open(package / "retrieval.safetensors", "r+b") as f:  # a modified index is refused, not used
+        f.seek(-1, 2)
+        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    with pytest.raises(PackageError, match="retrieval.safetensors"):
+        Scorer.load(package, "torch", 1)

@@ -10,7 +10,7 @@ import pytest
 from dacdr.package import build_package, load_package
 from tests.serving.helpers import Server, train_tiny_run
 
-TOKEN = "test-token"
+TOKEN = "test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 BODY = {"user_id": 3, "domain": "target_a", "items": [30, 31, 32]}
 

@@ -2,8 +2,10 @@
 
 The item-level weights (`A_i`, per head and per candidate token) are averaged over heads and candidate tokens
 into one distribution over the history for each candidate; the domain-level allocation (`alpha`, the mean of
-the step-1 weights) is one distribution for the request. Both come from the packaged PyTorch model, whatever
-the serving engine (the ONNX graph returns scores only); the weights are those the score was computed with.
+the step-1 weights) is one distribution for the request. Only learnt steps are reported: an ablation's fixed
+allocation (DACDR w/o DA, w/o IA) leaves its level empty, and a model with neither is refused. Both come
+from the packaged PyTorch model, whatever the serving engine (the ONNX graph returns scores only); the
+weights are those the score was computed with.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from dacdr.serving.scoring import RequestError, Resolved, Scorer
 TOP_BEHAVIOURS = 5
 
 
-def can_explain(scorer: Scorer) -> bool:
-    """True when the model exposes attention weights (`attend` returning `A_i` or `alpha`)."""
+def _learnt_steps(scorer: Scorer) -> tuple[bool, bool]:
+    """(domain level, item level): which attention steps of the model have learnt weights. An ablated step
+    returns a fixed allocation (uniform, or step 1's), which explains nothing about the user."""
     model = scorer.pkg.model
-    return hasattr(model, "attend") and (getattr(model, "item_attention", None) is not None
-                                         or getattr(model, "domain_attention", None) is not None)
+    if not hasattr(model, "attend"):
+        return False, False
+    return bool(getattr(model, "use_da", False)), bool(getattr(model, "use_ia", False))
+
+
+def can_explain(scorer: Scorer) -> bool:
+    return any(_learnt_steps(scorer))
 
 
 def refuse_unless_explainable(scorer: Scorer, where: str = "") -> None:
@@ -64,11 +72,12 @@ def explain(scorer: Scorer, r: Resolved, domain_row: int, item_idx: np.ndarray,
             torch.from_numpy(scorer.pkg.item_table[item_idx]),
             torch.from_numpy(scorer.pkg.domain_table[[domain_row]]),
         )
+    use_da, use_ia = _learnt_steps(scorer)
     domain_level: list[dict[str, Any]] = []
-    if "alpha" in parts:
+    if use_da:
         domain_level = _top(scorer, r, parts["alpha"][0].float().numpy(), top)
     per_item: list[list[dict[str, Any]]] = [[] for _ in item_idx]
-    if "A_i" in parts:
+    if use_ia:
         a_i = parts["A_i"].float().mean(dim=(1, 2)).numpy()  # [items, L]: over heads and candidate tokens
         per_item = [_top(scorer, r, a_i[j], top) for j in range(len(item_idx))]
     return domain_level, per_item

@@ -148,8 +148,11 @@ def _sidecar(scorer: Scorer, cfg: RetrievalConfig) -> dict[str, Any]:
 
 
 def save_indexes(scorer: Scorer, indexes: dict[str, PoolIndex], cfg: RetrievalConfig) -> Path:
-    """Write the fitted indexes beside the package (not part of its checksummed files, like `model.onnx`)."""
-    from safetensors.numpy import save_file
+    """Add the fitted indexes to the package (`PKG/retrieval.safetensors`, listed in its manifest like an
+    export; the package version, a digest of the model files, does not change)."""
+    from safetensors.numpy import save
+
+    from dacdr.package import add_to_package
 
     tensors = {}
     for d, ix in indexes.items():
@@ -157,27 +160,38 @@ def save_indexes(scorer: Scorer, indexes: dict[str, PoolIndex], cfg: RetrievalCo
             arrays = {"offset": ix.offset, "factors": ix.factors, "probes": ix.probes, "probe_map": ix.probe_map}
             # C order: safetensors writes the raw buffer, so a transposed view would be saved scrambled
             tensors |= {f"{d}/{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
-    path = scorer.pkg.path / INDEX_FILE
-    save_file(tensors, str(path), metadata={"sidecar": json.dumps(_sidecar(scorer, cfg))})
-    return path
+    add_to_package(scorer.pkg.path, {INDEX_FILE: save(tensors, metadata={"sidecar": json.dumps(_sidecar(scorer, cfg))})})
+    return scorer.pkg.path / INDEX_FILE
 
 
 def load_indexes(scorer: Scorer) -> tuple[dict[str, PoolIndex], RetrievalConfig] | None:
-    """The saved indexes and their configuration if written for this package version, else None."""
-    from safetensors import SafetensorError, safe_open
+    """The package's saved indexes and their configuration when its manifest lists them and they were
+    written for this package version; None otherwise. A listed file whose sha256 differs is a `PackageError`."""
+    import hashlib
 
-    path = scorer.pkg.path / INDEX_FILE
-    if not path.is_file():
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    from dacdr.package import MANIFEST, PackageError
+
+    digest = scorer.pkg.manifest["files"].get(INDEX_FILE)
+    if digest is None:
         return None
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            side = json.loads((f.metadata() or {}).get("sidecar", "{}"))
-            if side.get("package_version") != scorer.version:
-                return None  # written for another package version: never serve a stale index
-            cfg = RetrievalConfig(**side["config"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError):
-        return None
+        data = (scorer.pkg.path / INDEX_FILE).read_bytes()
+    except OSError as e:
+        raise PackageError(f"{INDEX_FILE}: unreadable ({e.strerror})") from e
+    if hashlib.sha256(data).hexdigest() != digest:  # re-checked: the file is read after the package's check
+        raise PackageError(f"{INDEX_FILE}: sha256 differs from {MANIFEST} (file modified or corrupt)")
+    try:
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        side = json.loads(header.get("__metadata__", {}).get("sidecar", "{}"))
+        if side.get("package_version") != scorer.version:
+            return None  # written for another package version: never used
+        cfg = RetrievalConfig(**side["config"])
+        tensors = load(data)
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise PackageError(f"{INDEX_FILE}: not a retrieval index ({e})") from e
     out: dict[str, PoolIndex] = {}
     for d, dom in scorer.domains.items():
         items = np.asarray(scorer.pkg.item_pools.get(d, np.zeros(0, np.int64)), dtype=np.int64)
@@ -187,8 +201,10 @@ def load_indexes(scorer: Scorer) -> tuple[dict[str, PoolIndex], RetrievalConfig]
         if f"{d}/factors" in tensors:
             ix.offset, ix.factors = tensors[f"{d}/offset"], tensors[f"{d}/factors"]
             ix.probes, ix.probe_map = tensors[f"{d}/probes"], tensors[f"{d}/probe_map"]
-            if len(ix.offset) != len(items) or len(ix.factors) != len(items):
-                return None
+            n, r = ix.factors.shape if ix.factors.ndim == 2 else (-1, -1)
+            if (n != len(items) or ix.offset.shape != (n,) or ix.probe_map.shape != (r, len(ix.probes))
+                    or len(ix.probes) == 0 or ix.probes.min() < 0 or ix.probes.max() >= n):
+                raise PackageError(f"{INDEX_FILE}: the index of {d!r} does not fit its pool of {len(items)} items")
         out[d] = ix
     return out, cfg
 

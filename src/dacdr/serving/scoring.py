@@ -98,7 +98,7 @@ class Scorer:
         any_target = next(iter(self.domains))
         beh = self.behaviour_vocab.values[0]
         for n_hist in sorted({0, 1, 2, 5, 10, 20, self.max_len // 2, self.max_len}):
-            hist = [{"item": "__warmup__", "behaviour": beh, "rating": 0.0}] * n_hist
+            hist = [{"item": "__warmup__", "behaviour": beh, "rating": float(self.spec.label_range[0])}] * n_hist
             for n_items in (1, 8, 100):
                 self.score([ScoreQuery("__warmup__", any_target, ["__warmup__"] * n_items, hist)])
         self.score([ScoreQuery("__warmup__", any_target, ["__warmup__"] * 8, None)] * 2)
