@@ -7,7 +7,10 @@
    random held-out users) at concurrency 1 and 8 for the retrieval stage, and at concurrency 1 for exact
    full scoring.
 
-    dacdr index PKG            # fit the retrieval stage once (else the server fits it at start-up)
+    python benchmarks/recommend.py --world data/pools      # the demo world with 1k / 5k / 20k target pools
+    dacdr train configs/dacdr-demo.yaml --set data.path=data/pools \
+        --set train.epochs=2 --out runs/pools
+    dacdr package runs/pools --out PKG && dacdr index PKG  # fit the retrieval stage once
     python benchmarks/recommend.py PKG --domains target_2,target_3 --out runs/recommend.json
 """
 
@@ -70,7 +73,20 @@ def lua(bodies: list[dict]) -> str:
             "request = function() return wrk.format(nil, '/v1/recommend', nil, bodies[math.random(#bodies)]) end\n")
 
 
+def make_world(out: str) -> None:
+    """The demo world resized: 8,000 people, a 40,000-item catalogue, target pools of 1,000 / 5,000 / 20,000."""
+    from dacdr.data.synthetic import _default_targets, generate, get_preset
+
+    targets = _default_targets()
+    cfg = get_preset("demo", n_users=8000, n_items=40000, targets=[
+        t.model_copy(update={"n_items": n}) for t, n in zip(targets, (1000, 5000, 20000), strict=True)])
+    generate(cfg.model_copy(update={"name": "synthetic-pools"}), out, seed=0)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--world"]:
+        make_world(sys.argv[2])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("package", type=Path)
     ap.add_argument("--domains", default="target_2,target_3")
