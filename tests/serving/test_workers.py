@@ -1,8 +1,10 @@
-"""`dacdr serve --workers 2`: a reload reaches every worker, under load, and /metrics adds up across workers."""
+"""`dacdr serve --workers 2 --engine onnx`: recommend and explain on every worker, a reload reaches every worker
+under load, and /metrics adds up across workers."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ def packages(handmade_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(packages):
-    srv = Server(packages[0], "--workers", "2", token=TOKEN, timeout=120)
+    srv = Server(packages[0], "--workers", "2", "--engine", "onnx", token=TOKEN, timeout=120)
     yield srv
     srv.stop()
 
@@ -38,11 +40,15 @@ def fresh_readyz(url: str, n: int) -> list[dict]:
     return out
 
 
-def both_workers(url: str) -> list[dict]:
-    for _ in range(20):  # the kernel decides which worker accepts: ask until both have answered
+def both_workers(url: str, timeout: float = 120) -> list[dict]:
+    """Fresh connections until both workers have answered (the kernel picks the worker that accepts, and a
+    worker still loading accepts nothing yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         answers = fresh_readyz(url, 20)
         if len({a["worker"] for a in answers}) == 2:
             return answers
+        time.sleep(0.2)
     raise AssertionError("only one worker ever answered")
 
 
@@ -50,6 +56,11 @@ def test_every_worker_serves_the_package(server, packages):
     answers = both_workers(server.url)
     assert {a["model_version"] for a in answers} == {load_package(packages[0]).version}
     assert server.proc.pid not in {a["worker"] for a in answers}  # worker processes, not the supervisor
+    for _ in range(4):  # fresh connections: recommend and explain on whichever worker answers
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.post("/v1/recommend", json={"user_id": 3, "domain": "target_a", "k": 4, "explain": True})
+            assert r.status_code == 200 and len(r.json()["items"]) == 4, r.text
+            assert all("item_level" in x for x in r.json()["items"])
 
 
 def test_reload_under_load_reaches_every_worker_and_fails_no_request(server, packages):
