@@ -40,9 +40,10 @@ def fresh_readyz(url: str, n: int) -> list[dict]:
     return out
 
 
-def both_workers(url: str, timeout: float = 120) -> list[dict]:
+def both_workers(url: str, timeout: float = 300) -> list[dict]:
     """Fresh connections until both workers have answered (the kernel picks the worker that accepts, and a
-    worker still loading accepts nothing yet)."""
+    worker still loading accepts nothing yet: on a box busy with other jobs the second one took over 2 minutes
+    to load and warm up)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         answers = fresh_readyz(url, 20)
