@@ -116,23 +116,60 @@ def test_sharded_run_resumes_on_another_number_of_ranks(tiny_prepared, tmp_path)
 
 
 def test_cli_path_trains_and_packages(tiny_path, tmp_path):
-    """`dacdr train CONFIG --nproc 2 --set train.embeddings=torchrec` (here column-wise), then `dacdr package`."""
+    """`dacdr train CONFIG --nproc 2 --set train.embeddings=torchrec` (here column-wise), then `dacdr package`;
+    and the same on the streaming pipeline (training only)."""
     from dacdr.config import RunConfig
     from dacdr.distributed.launch import train
     from dacdr.package import build_package, load_package
 
-    cfg = RunConfig.model_validate({
-        "data": {"path": str(tiny_path), "max_len": 20},
-        "model": {"name": "DACDR", "params": {"dim": 8, "heads": 2}},
-        "train": {"epochs": 1, "batch_size": 256, "progress": False, "max_steps_per_epoch": 5,
-                  "embeddings": "torchrec", "sharding": {"item": "column_wise"}},
-    })
-    results = train(cfg, nproc=2, run_dir=tmp_path / "run")
-    assert results["test"]
-    assert "item: " in (tmp_path / "run" / "log.txt").read_text() and "column_wise" in (
-        tmp_path / "run" / "log.txt").read_text()
-    build_package(tmp_path / "run", tmp_path / "pkg", log=lambda *_: None)
+    def config(streaming: bool) -> RunConfig:
+        return RunConfig.model_validate({
+            "data": {"path": str(tiny_path), "max_len": 20, "streaming": streaming, "shard_rows": 500,
+                     "cache_dir": str(tmp_path / f"cache-{streaming}")},
+            "model": {"name": "DACDR", "params": {"dim": 8, "heads": 2}},
+            "train": {"epochs": 1, "batch_size": 256, "progress": False, "max_steps_per_epoch": 5,
+                      "embeddings": "torchrec", "sharding": {"item": "column_wise"}},
+        })
+
+    for streaming in (True, False):
+        run = tmp_path / f"run-{streaming}"
+        results = train(config(streaming), nproc=2, run_dir=run)
+        assert results["test"]
+        log = (run / "log.txt").read_text()
+        assert "TorchRec sharding plan (2 ranks, cpu)" in log and "column_wise" in log
+    build_package(run, tmp_path / "pkg", log=lambda *_: None)
     package = load_package(tmp_path / "pkg")
-    best, _ = load_model(tmp_path / "run")
+    best, _ = load_model(run)
     for k, v in best.state_dict().items():
         assert torch.equal(package.model.state_dict()[k], v), k
+
+
+def test_batches_become_jagged_without_padding(tiny_prepared):
+    from dacdr.data.batches import BatchGatherer
+    from dacdr.distributed.sharded import feature_keys, to_kjt
+
+    spec = tiny_prepared.spec
+    batch = BatchGatherer(tiny_prepared).gather(tiny_prepared.split.valid[:16])
+    kjt = to_kjt(batch, spec)
+    assert kjt.keys() == feature_keys(spec)
+    lengths = kjt.to_dict()
+    seq_len = batch["seq_mask"].sum(1)
+    for j, f in enumerate(spec.sequence_fields):  # only the unmasked positions, oldest first
+        jt = lengths[f"seq_{f}"]
+        assert torch.equal(jt.lengths(), seq_len.to(jt.lengths().dtype))
+        assert torch.equal(jt.values(), batch["seq"][..., j][batch["seq_mask"]])
+    for j, f in enumerate(spec.item_fields):
+        assert torch.equal(lengths[f"item_{f}"].values(), batch["item"][:, j])
+
+
+def test_unsupported_models_and_fields_are_refused(tiny_prepared):
+    from dacdr.distributed.sharded import ShardedEmbeddings, check_supported
+
+    with pytest.raises(ValueError, match="supports models whose tables are one FieldEmbeddings"):
+        check_supported(create_model("CMF", tiny_prepared.spec, n_users=10))
+    cfg_error = pytest.raises(Exception, match="sharding")
+    with cfg_error:
+        TrainConfig(embeddings="torchrec", sharding={"item": "data_parallel"})
+    model = create_model("DACDR", tiny_prepared.spec, **MODEL)
+    with pytest.raises(ValueError, match="unknown field"):
+        ShardedEmbeddings(model, torch.device("cpu"), {"no_such_field": "table_wise"})
