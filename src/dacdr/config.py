@@ -104,6 +104,22 @@ class TrainConfig(_Strict):
     find_unused_parameters: bool = Field(
         False, description="DDP: allow parameters without a gradient in a step (slower; only if a model needs it)"
     )
+    embeddings: Literal["plain", "torchrec"] = Field(
+        "plain", description="'plain': nn.Embedding tables, replicated on every rank (DDP); 'torchrec': one "
+        "TorchRec EmbeddingCollection sharded across ranks by DistributedModelParallel (the `torchrec` extra, "
+        "docs/scaling.md)"
+    )
+    sharding: dict[str, Literal["table_wise", "row_wise", "column_wise"]] = Field(
+        default_factory=dict,
+        description="torchrec: sharding type per field's table (e.g. {item: table_wise}); default: the item "
+        "table row_wise, the others table_wise",
+    )
+    embedding_optimizer: Literal["adagrad", "rowwise_adagrad", "sgd", "adam"] = Field(
+        "adagrad", description="torchrec: FBGEMM's optimizer fused into the sharded tables' backward ('adam' "
+        "needs CUDA); the dense part keeps AdamW"
+    )
+    embedding_lr: float | None = Field(None, gt=0, description="torchrec: learning rate of the sharded tables; "
+                                       "default: 10 x train.lr (Adagrad's steps shrink as it accumulates)")
 
 
 class RunConfig(_Strict):

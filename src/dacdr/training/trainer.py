@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from dacdr.distributed.memory import table_memory_report
 from dacdr.evaluation import reference_reports, score_metrics, test_report
 from dacdr.models import RecModel
 from dacdr.training.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+
+if TYPE_CHECKING:
+    from dacdr.distributed.sharded import ShardedEmbeddings
 
 
 @dataclass
@@ -102,9 +105,17 @@ class Trainer:
             self.gatherer: BatchGatherer = self.stream.eval_gatherer()
         else:
             self.gatherer = BatchGatherer(prepared)
+        self.sharded: ShardedEmbeddings | None = None
+        """train.embeddings=torchrec: the tables live sharded in `self.sharded.dmp`, `self.model` is the dense part"""
+        if cfg.embeddings == "torchrec":  # before `.to(device)`: the full tables never go to the device
+            from dacdr.distributed.sharded import ShardedEmbeddings
+
+            self.sharded = ShardedEmbeddings(model, self.dist.device, cfg.sharding, cfg.embedding_optimizer,
+                                             cfg.embedding_lr or 10 * cfg.lr, cfg.weight_decay)
+            self.dist = current()  # a one-rank process group when there was none (TorchRec needs one)
         self.model.to(self.dist.device)
-        self.net: torch.nn.Module = model
-        """what the training forward runs through: the DDP wrapper in a distributed run, else the model"""
+        self.net: torch.nn.Module = model if self.sharded is None else self.sharded.dmp
+        """what the training forward runs through: the DDP (or TorchRec DMP) wrapper, else the model"""
         self.task = prepared.spec.task
         self.higher_is_better = self.task == "ctr"
         self.loss_fn = torch.nn.BCEWithLogitsLoss() if self.task == "ctr" else torch.nn.MSELoss()
@@ -185,13 +196,71 @@ class Trainer:
         part = idx[rank_slice(len(idx), self.dist)]
         was_training = self.model.training
         self.model.eval()
-        out = [self.model.predict(self.model.score(self._to_device(b))).float().cpu().numpy()
-               for b in self.gatherer.iterate(part, self.cfg.eval_batch_size)]
+        if self.sharded is None:
+            out = [self.model.predict(self.model.score(self._to_device(b))).float().cpu().numpy()
+                   for b in self.gatherer.iterate(part, self.cfg.eval_batch_size)]
+        else:
+            out = self._predict_sharded(idx, part)
         self.model.train(was_training)
         return all_gather_concat(self.dist, np.concatenate(out) if out else np.zeros(0, dtype=np.float32))
 
+    def _predict_sharded(self, idx: np.ndarray, part: np.ndarray) -> list[np.ndarray]:
+        """Scores of this rank's `part` through the sharded model. Every rank runs the same number of batches
+        (each lookup is a collective): a rank with fewer rows scores a stand-in batch and drops it."""
+        assert self.sharded is not None
+        bs = self.cfg.eval_batch_size
+        longest = max(len(range(len(idx))[rank_slice(len(idx), dataclasses.replace(self.dist, rank=r))])
+                      for r in range(self.dist.world))
+        self.net.eval()
+        out = []
+        for i in range(math.ceil(longest / bs)):
+            rows = part[i * bs : (i + 1) * bs]
+            batch = self._to_device(self.gatherer.gather(rows if len(rows) else idx[:1]))
+            scores = self.model.predict(self.net(*self.sharded.inputs(batch))).float().cpu().numpy()
+            if len(rows):
+                out.append(scores)
+        self.net.train()
+        return out
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        if self.sharded is not None:
+            return self.net(*self.sharded.inputs(batch))
+        return self.net(*(batch[k] for k in self.model.inputs))
+
+    def _load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """A plain model's state dict into the model (TorchRec: each rank copies the rows of its shards)."""
+        if self.sharded is None:
+            self.model.load_state_dict(state)
+        else:
+            self.sharded.load_plain_state(state)
+
+    def _checkpoint_model(self) -> RecModel | None:
+        """What `save_model` writes: the model, or (TorchRec) a plain model of the gathered tables on rank 0.
+        A collective in a TorchRec run: every rank calls it."""
+        return self.model if self.sharded is None else self.sharded.plain_model(self.model_name)
+
+    def _optimizer_view(self, opt: torch.optim.Optimizer) -> Any:
+        """What `save_training_state` saves (TorchRec: with the fused optimizer's gathered state; a collective)."""
+        if self.sharded is None:
+            return opt
+        from dacdr.distributed.sharded import ShardedOptimizerView
+
+        return ShardedOptimizerView(opt, self.sharded.gather_optimizer_state())
+
+    def _load_optimizer(self, opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+        if self.sharded is None:
+            opt.load_state_dict(saved)
+            return
+        if "embeddings" not in saved:
+            raise ValueError("resume/ was written by a run with train.embeddings=plain; resume it the same way")
+        opt.load_state_dict(saved["dense"])
+        self.sharded.load_optimizer_state(saved["embeddings"])
+
     def _wrap(self, phase: Phase) -> torch.nn.Module:
-        """DDP around the model for one phase (built per phase: DDP fixes its parameter set at construction)."""
+        """DDP around the model for one phase (built per phase: DDP fixes its parameter set at construction);
+        a TorchRec run keeps its one DistributedModelParallel (single-phase models only)."""
+        if self.sharded is not None:
+            return self.sharded.dmp
         if not self.dist.distributed:
             return self.model
         if phase.loss is not None:
@@ -233,12 +302,15 @@ class Trainer:
                                  "done": False}
         if saved is not None:
             resumed_model, blob, state = saved
-            self.model.load_state_dict(resumed_model.state_dict())
+            self._load_weights(resumed_model.state_dict())
             self.log(f"resuming {self.model_name} at phase {state['phase']} epoch {state['epoch']}")
         if state.get("done"):
             return state["history"]
-        report = table_memory_report(self.model)
-        self.log(report.splitlines()[-1], detail=report)
+        if self.sharded is None:
+            report = table_memory_report(self.model)
+            self.log(report.splitlines()[-1], detail=report)
+        else:  # the per-table sharding plan, in full
+            self.log(self.sharded.plan_report())
         phases = self.phases()
         for p_i in range(state["phase"], len(phases)):
             phase = phases[p_i]
@@ -256,7 +328,7 @@ class Trainer:
             opt = torch.optim.AdamW(params, lr=phase.lr or cfg.lr, weight_decay=cfg.weight_decay)
             self.net = self._wrap(phase)
             if saved is not None and state["phase"] == p_i:
-                opt.load_state_dict(blob["optimizer"])
+                self._load_optimizer(opt, blob["optimizer"])
                 torch.set_rng_state(blob["rng"])
             elif state["epoch"] == 0 and p_i == 0:
                 self._init_output_bias(self.training_indices("targets"))
@@ -270,39 +342,45 @@ class Trainer:
                     score, vm = self.validation_score()
                     record |= {f"valid_{k}": v for k, v in vm.items()} | {"valid_score": score}
                     improved = self._better(score, state["best"])
+                    ckpt = self._checkpoint_model()
                     if improved:
                         state["best"], state["bad_epochs"] = score, 0
                         if self.dist.is_main:
-                            save_model(self.model, self.model_name, self.run_dir)
+                            save_model(ckpt, self.model_name, self.run_dir)
                     else:
                         state["bad_epochs"] += 1
                     self.log(f"[{phase.name}] epoch {state['epoch']}: loss {record['loss']:.4f}, "
                              f"valid {self._score_name(vm, score)} {score:.4f}"
                              f"{' (best)' if improved else ''}, {record['samples_per_s']:.0f} samples/s")
                 state["history"].append(record)
+                if not phase.early_stopping:
+                    ckpt = self._checkpoint_model()
+                opt_view = self._optimizer_view(opt)
                 if self.dist.is_main:  # checkpoints are written once, by rank 0, each as one unit
                     _write_atomic(self.run_dir / "history.json", json.dumps(state["history"], indent=1))
-                    save_checkpoint(resume_dir, self.model, self.model_name, opt, state)
+                    save_checkpoint(resume_dir, ckpt, self.model_name, opt_view, state)
                 barrier(self.dist)
                 if phase.early_stopping and state["bad_epochs"] > cfg.patience:
                     self.log(f"[{phase.name}] early stop after {state['epoch']} epochs")
                     break
             if not phase.early_stopping:
+                ckpt = self._checkpoint_model()
                 if self.dist.is_main:
-                    save_model(self.model, self.model_name, self.run_dir)
+                    save_model(ckpt, self.model_name, self.run_dir)
                 barrier(self.dist)
             elif (self.run_dir / "model.safetensors").exists():
                 # Later phases start from the best weights of this one.
-                self.model.load_state_dict(load_model(self.run_dir)[0].state_dict())
+                self._load_weights(load_model(self.run_dir)[0].state_dict())
             state |= {"phase": p_i + 1, "epoch": 0, "best": None, "bad_epochs": 0}
             saved = None
         self._set_phase(None)
         for p in self.model.parameters():
             p.requires_grad_(True)
         state["done"] = True
-        self.net = self.model
+        self.net = self.model if self.sharded is None else self.sharded.dmp
+        ckpt, opt_view = self._checkpoint_model(), self._optimizer_view(opt)  # collectives in a TorchRec run
         if self.dist.is_main:
-            save_checkpoint(resume_dir, self.model, self.model_name, opt, state)
+            save_checkpoint(resume_dir, ckpt, self.model_name, opt_view, state)
         barrier(self.dist)
         return state["history"]
 
@@ -326,10 +404,7 @@ class Trainer:
                 if step >= n_batches:
                     break
                 batch = self._to_device(batch)
-                if phase.loss:
-                    loss = phase.loss(model, batch)
-                else:
-                    loss = self.loss_fn(self.net(*(batch[k] for k in model.inputs)), batch["label"])
+                loss = phase.loss(model, batch) if phase.loss else self.loss_fn(self._forward(batch), batch["label"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -350,7 +425,7 @@ class Trainer:
         """Test metrics of the best checkpoint, written to `results.json`."""
         barrier(self.dist)
         if (self.run_dir / "model.safetensors").exists():
-            self.model.load_state_dict(load_model(self.run_dir)[0].state_dict())
+            self._load_weights(load_model(self.run_dir)[0].state_dict())
         split = self.prepared.split
         preds = self._predict(split.test)
         results: dict[str, Any] = {"model": self.model_name, "seed": self.cfg.seed,
