@@ -51,6 +51,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "pos": {"position_keys": True},
     "T0.5": {"temperature": 0.5},
     "mass": {"mass_feature": True},
+    "drop0.2": {"dropout": 0.2},
     "values": {"match_on": "values"},
     "drop": {"ablation": "drop"},
 }
@@ -90,11 +91,13 @@ def run(args: argparse.Namespace) -> None:
     root = Path(args.data_root)
     path, data_cfg, train, dim = world(args.world, root)
     # A budget other than the world's own is recorded as part of the world's label: `demo@e8-p3-s1.0`.
-    budget = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v is not None}
+    budget = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience),
+                                ("weight_decay", args.weight_decay)) if v is not None}
     train = train.model_copy(update=budget)
     if args.source_rate is not None:
         data_cfg = data_cfg.model_copy(update={"source_sample_rate": args.source_rate})
     label_world = args.world + (f"@e{train.epochs}-p{train.patience}-s{data_cfg.source_sample_rate}"
+                                + (f"-wd{train.weight_decay}" if train.weight_decay else "")
                                 if budget or args.source_rate is not None else "")
     prepared = prepare_cached(path, max_len=data_cfg.max_len, valid_share=data_cfg.valid_share,
                               source_sample_rate=data_cfg.source_sample_rate, log=lambda *a: None)
@@ -173,6 +176,18 @@ def report(path: str, baseline: str) -> None:
                 pval = "n/a" if math.isnan(t["p_value"]) else f"{t['p_value']:.3g}"
             print(f"| {v} | {len(seeds)} | " + " | ".join(cells) + f" | {np.mean(mean):.4f} | {np.mean(valid):.4f} "
                   f"| {diff} | {pval} |")
+        if base:
+            print(f"\nper target, paired over seeds: variant − {baseline} (mean ± std, p)")
+            for v, per_seed in by.items():
+                common = [s for s in sorted(per_seed) if s in base]
+                if v == baseline or len(common) < 2:
+                    continue
+                cells = []
+                for d in targets:
+                    t = paired_test([per_seed[s]["cold_auc"][d] for s in common], [base[s]["cold_auc"][d] for s in common])
+                    p = "n/a" if math.isnan(t["p_value"]) else f"{t['p_value']:.2g}"
+                    cells.append(f"{t['mean_diff']:+.4f} ± {t['std_diff']:.4f} (p {p})")
+                print(f"  {v} [{len(common)} seeds]: " + " | ".join(cells))
         rel = [(v, r["relevance"]) for v, ps in by.items() for r in ps.values() if "relevance" in r]
         if rel:
             print("\nattention mass on the relevant behaviours (mean over seeds and targets) vs their share:")
@@ -244,6 +259,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="budget: epochs instead of the world's (recorded in the label)")
     ap.add_argument("--patience", type=int, help="budget: early-stopping patience instead of the world's")
     ap.add_argument("--source-rate", type=float, help="budget: share of source rows drawn as training samples")
+    ap.add_argument("--weight-decay", type=float, help="budget: AdamW weight decay instead of the world's (0)")
     ap.add_argument("--report", help="print the tables of this JSONL file instead of training")
     ap.add_argument("--baseline", default="pool")
     ap.add_argument("--plot", help="with --report: write the mechanism curve to this PNG")
