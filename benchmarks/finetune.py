@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +36,15 @@ from dacdr.training.trainer import Trainer
 NEW = "target_4"
 
 
+def drop_domain(full: Path, base: Path, domain: str) -> None:
+    """Write to `base` the dataset at `full` without `domain` (its domain row, item listings and rows)."""
+    data = load_dataset(full)
+    keep = pl.col("domain") != domain
+    spec = data.spec.model_copy(update={"target_domains": [d for d in data.spec.target_domains if d != domain]})
+    write_dataset(type(data)(spec=spec, interactions=data.interactions.filter(keep),
+                             items=data.items.filter(keep), domains=data.domains.filter(keep), path=None), base)
+
+
 def make_worlds(root: Path, users: int) -> tuple[Path, Path]:
     full, base = root / "data-full", root / "data-base"
     if not (full / "dataset.json").exists():
@@ -45,11 +55,7 @@ def make_worlds(root: Path, users: int) -> tuple[Path, Path]:
         world = get_preset("demo", n_users=users, targets=targets).model_copy(update={"name": "synthetic-demo-4targets"})
         generate(world, full, seed=0)
     if not (base / "dataset.json").exists():
-        data = load_dataset(full)
-        keep = pl.col("domain") != NEW
-        spec = data.spec.model_copy(update={"target_domains": [d for d in data.spec.target_domains if d != NEW]})
-        write_dataset(type(data)(spec=spec, interactions=data.interactions.filter(keep),
-                                 items=data.items.filter(keep), domains=data.domains.filter(keep), path=None), base)
+        drop_domain(full, base, NEW)
     return full, base
 
 
@@ -66,6 +72,80 @@ def train(prepared, cfg: RunConfig, run_dir: Path) -> tuple[dict, float]:
     trainer.fit(resume=False)
     seconds = time.perf_counter() - t0
     return trainer.evaluate(), seconds
+
+
+VARIANTS = ("no fine-tuning", "fine-tuned", "full retraining", "new domain alone")
+
+
+def compare_seed(rows: dict[str, list[dict]], seed: int, *, new: str, keys: tuple[str, ...],
+                 full: tuple[Path, object], base: tuple[Path, object], alone_prep, train_cfg: TrainConfig,
+                 out: Path, ft_epochs: int, ft_lr: float, model: ModelConfig | None = None,
+                 data: dict | None = None) -> dict:
+    """One seed of the four variants (and the base training) on `new`, appended to `rows`.
+
+    `full` / `base` are (dataset directory, its PreparedData, prepared with the `DataConfig` fields `data`:
+    the runs record them, and `finetune` re-reads them); `keys` the metrics kept (e.g. auc, or mae and rmse), each under
+    `key` (cold-start users) and `key_all` (all test users). Returns the full retraining's results (for the
+    synthetic oracle)."""
+    model, data = model or ModelConfig(), data or {}
+    (full_dir, full_prep), (base_dir, base_prep) = full, base
+    cfg_base = RunConfig(data=DataConfig(path=str(base_dir), **data), model=model, train=train_cfg)
+    cfg_full = RunConfig(data=DataConfig(path=str(full_dir), **data), model=model, train=train_cfg)
+
+    def pick(cold: dict, every: dict) -> dict:
+        return {k: cold[k] for k in keys} | {f"{k}_all": every[k] for k in keys}
+
+    _, base_s = train(base_prep, cfg_base, out / f"base-seed{seed}")
+    rows["base training"].append({"seconds": base_s})
+    # a finished run in the fine-tuning directory would be resumed, not redone: start it afresh
+    shutil.rmtree(out / f"finetuned-seed{seed}", ignore_errors=True)
+    report = finetune(out / f"base-seed{seed}", full_dir, new, out / f"finetuned-seed{seed}",
+                      epochs=ft_epochs, lr=ft_lr, seed=seed, progress=False, log=print)
+    rows["no fine-tuning"].append(pick(report["before"]["cold"], report["before"]["all"]) | {"seconds": 0.0})
+    rows["fine-tuned"].append(pick(report["after"]["cold"], report["after"]["all"]) | {
+        "seconds": report["train_seconds"], "trainable": report["trainable_parameters"],
+        "total": report["total_parameters"]})
+    full_res, full_s = train(full_prep, cfg_full, out / f"full-seed{seed}")
+    rows["full retraining"].append(pick(full_res["test"]["cold"][new], full_res["test"]["all"][new])
+                                   | {"seconds": full_s})
+    alone_res, alone_s = train(alone_prep, cfg_full, out / f"alone-seed{seed}")
+    rows["new domain alone"].append(pick(alone_res["test"]["cold"][new], alone_res["test"]["all"][new])
+                                    | {"seconds": alone_s})
+    print(json.dumps({k: v[-1] for k, v in rows.items()}), flush=True)
+    return full_res
+
+
+def summary_table(rows: dict[str, list[dict]], new: str, keys: tuple[str, ...], all_users: bool = True) -> list[str]:
+    """Markdown: parameter share, one row per variant (mean ± std over seeds), and the gap / time ratio.
+
+    `all_users=False` leaves out the all-users columns (P2: every test user is a cold-start user)."""
+
+    def ms(key: str, name: str) -> str:
+        vals = [r[key] for r in rows[name]]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.1f} ± {sd:.1f}" if key == "seconds" else \
+            f"{statistics.mean(vals):.4f} ± {sd:.4f}"
+
+    ft = rows["fine-tuned"][0]
+    names = [k.upper() for k in keys]
+    cols = [*keys, *(f"{k}_all" for k in keys)] if all_users else list(keys)
+    lines = [
+        f"fine-tuned parameters: {ft['trainable']:,} of {ft['total']:,} ({100 * ft['trainable'] / ft['total']:.2f}%)",
+        "",
+        "| model | " + "".join(f"cold-start {n} ({new}) | " for n in names)
+        + ("".join(f"all-users {n} ({new}) | " for n in names) if all_users else "") + "train seconds |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
+    for name in VARIANTS:
+        lines.append(f"| {name} | " + "".join(f"{ms(c, name)} | " for c in cols) + f"{ms('seconds', name)} |")
+    lines.append(f"| (base training, without {new}) | " + "| " * len(cols) + f"{ms('seconds', 'base training')} |")
+    k = keys[0]
+    gap = statistics.mean(r[k] for r in rows["full retraining"]) - statistics.mean(r[k] for r in rows["fine-tuned"])
+    ratio = statistics.mean(r["seconds"] for r in rows["fine-tuned"]) / statistics.mean(
+        r["seconds"] for r in rows["full retraining"])
+    lines.append(f"\ncold-start {k.upper()} of full retraining minus fine-tuned: {gap:+.4f}; "
+                 f"time ratio fine-tuned / full retraining: {ratio:.3f}")
+    return lines
 
 
 def main() -> None:
@@ -86,53 +166,20 @@ def main() -> None:
     base_prep = prepare_data(DataConfig(path=str(base_dir)))
     alone_prep = restrict_split(full_prep, NEW)
     oracle = None
-    rows: dict[str, list[dict]] = {k: [] for k in ("no fine-tuning", "fine-tuned", "full retraining",
-                                                   "new domain alone", "base training")}
+    rows: dict[str, list[dict]] = {k: [] for k in VARIANTS + ("base training",)}
     for seed in range(args.seeds):
         tc = train_cfg.model_copy(update={"seed": seed})
-        cfg_base = RunConfig(data=DataConfig(path=str(base_dir)), model=ModelConfig(), train=tc)
-        cfg_full = RunConfig(data=DataConfig(path=str(full_dir)), model=ModelConfig(), train=tc)
-        base_res, base_s = train(base_prep, cfg_base, args.out / f"base-seed{seed}")
-        rows["base training"].append({"seconds": base_s})
-        report = finetune(args.out / f"base-seed{seed}", full_dir, NEW, args.out / f"finetuned-seed{seed}",
-                          epochs=args.ft_epochs, lr=args.ft_lr, seed=seed, progress=False, log=print)
-        rows["no fine-tuning"].append({"auc": report["before"]["cold"]["auc"], "seconds": 0.0,
-                                       "auc_all": report["before"]["all"]["auc"]})
-        rows["fine-tuned"].append({"auc": report["after"]["cold"]["auc"], "seconds": report["train_seconds"],
-                                   "auc_all": report["after"]["all"]["auc"],
-                                   "trainable": report["trainable_parameters"], "total": report["total_parameters"]})
-        full_res, full_s = train(full_prep, cfg_full, args.out / f"full-seed{seed}")
-        rows["full retraining"].append({"auc": full_res["test"]["cold"][NEW]["auc"], "seconds": full_s,
-                                        "auc_all": full_res["test"]["all"][NEW]["auc"]})
+        full_res = compare_seed(rows, seed, new=NEW, keys=("auc",), full=(full_dir, full_prep),
+                                base=(base_dir, base_prep), alone_prep=alone_prep, train_cfg=tc, out=args.out,
+                                ft_epochs=args.ft_epochs, ft_lr=args.ft_lr)
         oracle = full_res.get("oracle", {}).get("cold", {}).get(NEW, {}).get("auc")
-        alone_res, alone_s = train(alone_prep, cfg_full, args.out / f"alone-seed{seed}")
-        rows["new domain alone"].append({"auc": alone_res["test"]["cold"][NEW]["auc"], "seconds": alone_s,
-                                         "auc_all": alone_res["test"]["all"][NEW]["auc"]})
-        print(json.dumps({k: v[-1] for k, v in rows.items()}))
 
-    def ms(key: str, name: str) -> str:
-        vals = [r[key] for r in rows[name]]
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.mean(vals):.4f} ± {sd:.4f}" if key.startswith("auc") else f"{statistics.mean(vals):.1f} ± {sd:.1f}"
-
-    ft = rows["fine-tuned"][0]
     lines = [
         f"world: demo preset, {args.users} users, 4 targets ({NEW} held out of the base); seeds 0..{args.seeds - 1}; "
         f"{args.epochs} epochs (patience 1) from scratch, {args.ft_epochs} fine-tuning epochs, lr {args.ft_lr}",
         f"oracle cold-start AUC on {NEW}: {oracle:.4f}" if oracle is not None else "",
-        f"fine-tuned parameters: {ft['trainable']:,} of {ft['total']:,} ({100 * ft['trainable'] / ft['total']:.2f}%)",
-        "",
-        f"| model | cold-start AUC ({NEW}) | all-users AUC ({NEW}) | train seconds |",
-        "|---|---|---|---|",
+        *summary_table(rows, NEW, ("auc",)),
     ]
-    for name in ("no fine-tuning", "fine-tuned", "full retraining", "new domain alone"):
-        lines.append(f"| {name} | {ms('auc', name)} | {ms('auc_all', name)} | {ms('seconds', name)} |")
-    lines.append(f"| (base training, 3 targets) | | | {ms('seconds', 'base training')} |")
-    gap = statistics.mean(r["auc"] for r in rows["full retraining"]) - statistics.mean(
-        r["auc"] for r in rows["fine-tuned"])
-    ratio = statistics.mean(r["seconds"] for r in rows["fine-tuned"]) / statistics.mean(
-        r["seconds"] for r in rows["full retraining"])
-    lines.append(f"\nAUC gap to full retraining: {gap:+.4f}; time ratio fine-tuned / full retraining: {ratio:.3f}")
     text = "\n".join(lines)
     (args.out / "finetune.md").write_text(text + "\n")
     (args.out / "finetune.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
