@@ -17,7 +17,8 @@ trained on `Thriller`'s rows alone. The shared code is `benchmarks/finetune.py`'
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune_movielens.py --seeds 3 --epochs 3 \
         --max-steps 200 --ft-epochs 3 --out runs/bench-finetune-ml
 
-Training times are `Trainer.fit` wall seconds (data preparation excluded, cached for every variant).
+`--references-only` prints two untrained references (the new domain's training mean rating, and item means)
+without training anything. Training times are `Trainer.fit` wall seconds (data preparation excluded, cached for every variant).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,6 +67,26 @@ def make_datasets(root: Path, raw: Path) -> tuple[Path, Path]:
     return full, base
 
 
+def references(prepared, domain: str) -> dict[str, dict[str, float]]:
+    """MAE / RMSE on `domain`'s test rows of two untrained predictors fitted on its training rows: their mean
+    rating, and each item's mean rating (the mean for items with none; what `Pop` does for ratings)."""
+    s, sp = prepared.samples, prepared.split
+    dom = prepared.vocabs["domain"].lookup(domain)
+    train = sp.train_target[s["domain"][sp.train_target] == dom]
+    test = sp.test[s["domain"][sp.test] == dom]
+    y, items = s["label"][train].astype(np.float64), s["item"][train]
+    mean = float(y.mean())
+    sums = np.bincount(items, weights=y, minlength=int(s["item"].max()) + 1)
+    counts = np.bincount(items, minlength=len(sums))
+    item_mean = np.where(counts > 0, sums / np.maximum(counts, 1), mean)
+    truth = s["label"][test].astype(np.float64)
+    out = {}
+    for name, pred in (("train mean", np.full(len(test), mean)), ("item mean", item_mean[s["item"][test]])):
+        err = pred - truth
+        out[name] = {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean()))}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the RecBole movielens-1m folder")
@@ -75,6 +97,7 @@ def main() -> None:
     ap.add_argument("--ft-lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-finetune-ml"))
+    ap.add_argument("--references-only", action="store_true", help="print the untrained references; train nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +110,12 @@ def main() -> None:
     full_prep = prepare_data(DataConfig(path=str(full_dir), **data))
     base_prep = prepare_data(DataConfig(path=str(base_dir), **data))
     alone_prep = restrict_split(full_prep, NEW)
+    refs = references(full_prep, NEW)
+    ref_line = f"untrained references on {NEW}'s cold-start ratings (MAE / RMSE): " + "; ".join(
+        f"{k} {v['mae']:.4f} / {v['rmse']:.4f}" for k, v in refs.items())
+    if args.references_only:
+        print(ref_line)
+        return
     rows: dict[str, list[dict]] = {k: [] for k in VARIANTS + ("base training",)}
     loads = [load_before]
     for seed in range(args.seeds):
@@ -113,6 +142,7 @@ def main() -> None:
         f"lr {args.ft_lr}; {args.threads} torch thread(s)",
         f"wall {time.perf_counter() - t_start:.0f} s in all; load average (1, 5, 15 min) at start and after each "
         f"seed: {'; '.join(', '.join(f'{x:.1f}' for x in la) for la in loads)}",
+        ref_line,
         *summary_table(rows, NEW, ("mae", "rmse"), all_users=False),
     ]
     text = "\n".join(lines)
