@@ -15,7 +15,7 @@ no fine-tuning, fine-tuned (`dacdr.training.finetune`), full retraining on all f
 trained on `Thriller`'s rows alone. The shared code is `benchmarks/finetune.py`'s.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune_movielens.py --seeds 3 --epochs 3 \
-        --max-steps 200 --ft-epochs 3 --out runs/bench-finetune-ml
+        --max-steps 400 --ft-epochs 3 --out runs/bench-finetune-ml
 
 `--references-only` prints two untrained references (the new domain's training mean rating, and item means)
 without training anything. Training times are `Trainer.fit` wall seconds (data preparation excluded, cached for every variant).
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the RecBole movielens-1m folder")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--max-steps", type=int, default=200, help="cap on training steps per epoch (batch 1024)")
+    ap.add_argument("--max-steps", type=int, default=400, help="cap on training steps per epoch (batch 1024)")
     ap.add_argument("--ft-epochs", type=int, default=3)
     ap.add_argument("--ft-lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1)
@@ -102,6 +102,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()  # at the start: the code that runs
     load_before = os.getloadavg()
     full_dir, base_dir = make_datasets(args.out, args.data)
     data = {"protocol": "users", "cold_start_share": 0.2, "valid_share": 0.1, "max_len": 50, "sequence_cutoff": "before"}
@@ -130,8 +132,6 @@ def main() -> None:
     dom = full_prep.vocabs["domain"].lookup(NEW)
     s, sp = full_prep.samples, full_prep.split
     test_rows = sp.test[s["domain"][sp.test] == dom]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     groups = ", ".join(f"{d} ({' '.join(g)})" for d, g in GROUPS.items())
     lines = [
         f"MovieLens-1M genre groups {groups}; source Comedy, "
