@@ -123,3 +123,21 @@ def test_a_finetuned_run_packages_and_serves_its_new_domain(tuned, tmp_path):
 
     res = Scorer(pkg, TorchEngine(pkg)).score([ScoreQuery(3, NEW, [45, 46])])[0]
     assert len(res["scores"]) == 2 and res["unknown_items"] == []
+
+
+def test_a_rerun_from_other_base_weights_starts_over(handmade_path, tmp_path):
+    """Fine-tuning into a folder that holds a run tuned from another base model does not resume that run."""
+    base_data = without_domain(handmade_path, NEW, tmp_path / "base-data")
+    first, second = (train_tiny_run(base_data, tmp_path / f"base{s}", seed=s) for s in (0, 1))
+    out = tmp_path / "tuned"
+    kw = {"epochs": 1, "lr": 0.01, "progress": False}
+    finetune(first, handmade_path, NEW, out, log=lambda *_: None, **kw)
+    said: list[str] = []
+    report = finetune(second, handmade_path, NEW, out, log=lambda *a: said.append(" ".join(map(str, a))), **kw)
+    assert any("starting over" in line for line in said)
+    assert report["epochs_run"] == 1 and report["base_run"] == str(second)
+    expected = load_model(second)[0].state_dict()
+    tuned = load_model(out)[0].state_dict()
+    # a weight fine-tuning never touches (the prediction MLP) is the second base model's, not the first's
+    name = next(k for k in expected if k.startswith("predictor."))
+    assert torch.equal(tuned[name], expected[name])

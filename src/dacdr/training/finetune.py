@@ -21,7 +21,9 @@ baseline meaningful.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -242,6 +244,14 @@ def finetune(
     before = _domain_metrics(model, tuned, domain, train_cfg.eval_batch_size)
 
     out.mkdir(parents=True, exist_ok=True)
+    # An interrupted fine-tuning resumes, but only from the same base weights: the run's config is the base
+    # run's, so it cannot tell a retrained base model from the old one.
+    base_digest = hashlib.sha256((base_run / "model.safetensors").read_bytes()).hexdigest()
+    marker = out / "finetune_base.sha256"
+    if (out / "resume").exists() and (not marker.is_file() or marker.read_text().strip() != base_digest):
+        log(f"{out}: its resume state was fine-tuned from other base weights; starting over")
+        shutil.rmtree(out / "resume")
+    marker.write_text(base_digest + "\n")
     prepared.vocabs.save(out / "vocabs.json")
     run_cfg = RunConfig(data=data_cfg, model=base_cfg.model, train=train_cfg, out=str(out))
     (out / "config.yaml").write_text(yaml.safe_dump(run_cfg.model_dump(), sort_keys=False))
