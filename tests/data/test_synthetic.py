@@ -66,7 +66,7 @@ def test_presets_and_overrides() -> None:
     assert cfg.n_users == 123
     assert cfg.source.click_rate == 0.05
     assert cfg.source.events_per_user == PRESETS["demo"].source.events_per_user  # nested merge keeps the rest
-    with pytest.raises(ValueError, match="tiny, demo, industrial, mechanism, mechanism-tiny, scale"):
+    with pytest.raises(ValueError, match="tiny, demo, industrial, mechanism, scale, mechanism-tiny"):
         get_preset("nope")
     with pytest.raises(ValidationError):
         get_preset("tiny", not_a_field=1)

@@ -506,25 +506,6 @@ PRESETS: dict[str, SyntheticConfig] = {
         n_users=12_000,
         mechanism=MechanismConfig(strength=1.5, recency_half_life=15.0),
     ),
-    # Unit tests of the mechanism: the tiny world with a strong, selective history term.
-    "mechanism-tiny": SyntheticConfig(
-        name="synthetic-mechanism-tiny",
-        n_users=1_500,
-        n_days=5,
-        n_items=600,
-        brands_per_topic=5,
-        n_topics=12,
-        latent_dim=8,
-        users_per_part=750,
-        source=SourceConfig(events_per_user=30),
-        mechanism=MechanismConfig(strength=3.0, recency_half_life=15.0, window=30),
-        targets=[
-            TargetConfig(page_type="feed", business_line="fashion", ctr=0.1, overlap=0.9, reach=0.5,
-                         visit_rate=0.4, impressions_per_visit=5, n_items=200),
-            TargetConfig(page_type="banner", business_line="electronics", ctr=0.1, overlap=0.9, reach=0.5,
-                         visit_rate=0.4, impressions_per_visit=5, n_items=200),
-        ],
-    ),
     # Throughput and memory benchmark: ~25M rows in 10 parts.
     "scale": SyntheticConfig(
         name="synthetic-scale",
@@ -550,6 +531,20 @@ def get_preset(name: str, **overrides: Any) -> SyntheticConfig:
             value = {**merged[key], **value}  # e.g. source={"click_rate": 0.05} keeps the other fields
         merged[key] = value
     return SyntheticConfig.model_validate(merged)
+
+
+# Unit tests of the mechanism: the tiny world, more people, two targets, a strong and selective history term.
+PRESETS["mechanism-tiny"] = PRESETS["tiny"].model_validate(PRESETS["tiny"].model_dump() | {
+    "name": "synthetic-mechanism-tiny",
+    "n_users": 1_500,
+    "users_per_part": 750,
+    "mechanism": MechanismConfig(strength=3.0, recency_half_life=15.0, window=30).model_dump(),
+    "targets": [
+        TargetConfig(page_type=page, business_line=line, ctr=0.1, overlap=0.9, reach=0.5, visit_rate=0.4,
+                     impressions_per_visit=5, n_items=200).model_dump()
+        for page, line in (("feed", "fashion"), ("banner", "electronics"))
+    ],
+})
 
 
 # ---------------------------------------------------------------------------------------------- world
