@@ -120,6 +120,8 @@ def test_run_bench_writes_every_report(tmp_path):
     assert lines[1].startswith("| Oracle (true p)") and lines[2].startswith("| Oracle, transferable")
     assert lines[3].startswith("| Plug-in") and lines[4].startswith("| CMF") and lines[5].startswith("| DACDR")
     assert "DACDR vs its ablations" in table
+    for line in lines:  # every row has as many cells as its table's header: no stray empty cell
+        assert "| |" not in line, line
     assert (out / "table2.png").stat().st_size > 1000
     # every model trained on the same prepared world, one run directory per (model, seed)
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["CMF-seed0", "CMF-seed1", "DACDR-seed0", "DACDR-seed1"]

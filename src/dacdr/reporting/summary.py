@@ -77,7 +77,7 @@ def markdown_tables(metrics: dict[str, Any], scope: str = "models") -> str:
         for key, ref in refs.items():
             if d in ref:
                 lines.append(f"| {REFERENCE_LABELS[key]} | " + " | ".join(f"{ref[d][k]:.4f}" for k in keys)
-                             + " | — |" * len(gaps))
+                             + " | —" * len(gaps) + " |")
         for name, per_domain in models.items():
             row = [name, *(_cell(per_domain[d][k]) for k in keys)]
             row += [f"{per_domain[d]['auc']['mean'] - refs[g][d]['auc']:+.4f}" for g in gaps]
