@@ -30,6 +30,7 @@ from dacdr.data.samples import prepare_cached
 from dacdr.data.synthetic import generate, get_preset
 from dacdr.demo import DEMO_SOURCE_SAMPLE_RATE, demo_settings
 from dacdr.reporting.attention import relevance_mass
+from dacdr.reporting.summary import REFERENCE_KEYS
 from dacdr.runner import train_run
 from dacdr.training.checkpoint import load_model
 
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
                 "valid_curve": [round(h.get("valid_score", float("nan")), 5) for h in r["history"]],
                 "samples_per_s": [round(h.get("samples_per_s", 0.0)) for h in r["history"]],
             }
-            for key in ("oracle", "oracle_transferable", "plugin"):
+            for key in REFERENCE_KEYS:
                 if key in r:
                     record[key] = {d: m["auc"] for d, m in r[key]["cold"].items()}
             if name.startswith("DACDR") and args.world.startswith("mechanism"):
@@ -152,7 +153,7 @@ def report(path: str, baseline: str) -> None:
         print(f"\n### {w}\n")
         ref = runs[0]
         refs = " · ".join(f"{k} " + "/".join(f"{ref[k][d]:.4f}" for d in targets)
-                          for k in ("oracle", "oracle_transferable", "plugin") if k in ref)
+                          for k in REFERENCE_KEYS if k in ref)
         print(refs + "\n")
         print("| variant | seeds | " + " | ".join(targets) + " | mean | valid | Δ mean vs " + baseline + " | p |")
         print("|---|---|" + "---|" * (len(targets) + 4))

@@ -114,6 +114,8 @@ def list_models() -> None:
 def _print_results(results: dict) -> None:
     from rich.table import Table
 
+    from dacdr.reporting.summary import REFERENCE_KEYS
+
     for scope in ("cold", "all"):
         rows = results["test"][scope]
         if not rows:
@@ -124,8 +126,7 @@ def _print_results(results: dict) -> None:
         for k in keys:
             table.add_column(k)
         table.add_column("n")
-        refs = {key: results[key].get(scope, {}) for key in ("oracle", "oracle_transferable", "plugin")
-                if key in results}
+        refs = {key: results[key].get(scope, {}) for key in REFERENCE_KEYS if key in results}
         for d, m in rows.items():
             table.add_row(d, *(f"{m[k]:.4f}" for k in keys), str(m.get("n", "")))
             for key, ref in refs.items():

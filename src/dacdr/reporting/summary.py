@@ -10,7 +10,7 @@ import numpy as np
 METRIC_LABELS = {"auc": "AUC", "gauc": "gAUC", "logloss": "LogLoss", "mae": "MAE", "rmse": "RMSE"}
 LOWER_IS_BETTER = {"logloss", "mae", "rmse"}
 # Reference rows of a synthetic world, in the order they are printed (dacdr.evaluation.REFERENCES).
-REFERENCE_KEYS = ("oracle", "oracle_transferable", "plugin")
+REFERENCE_KEYS = ("oracle", "oracle_transferable", "plugin")  # the keys of dacdr.evaluation.REFERENCES
 REFERENCE_LABELS = {"oracle": "Oracle (true p)", "oracle_transferable": "Oracle, transferable (source-revealed p)",
                     "plugin": "Plug-in (topic histogram + appeal)"}
 
