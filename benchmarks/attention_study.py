@@ -26,7 +26,7 @@ from rich.console import Console
 
 from dacdr.bench import bench_settings, paired_test
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from dacdr.data.samples import prepare_cached
+from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate, get_preset
 from dacdr.demo import DEMO_SOURCE_SAMPLE_RATE, demo_settings
 from dacdr.reporting.attention import relevance_mass
@@ -100,8 +100,7 @@ def run(args: argparse.Namespace) -> None:
     label_world = args.world + (f"@e{train.epochs}-p{train.patience}-s{data_cfg.source_sample_rate}"
                                 + (f"-wd{train.weight_decay}" if train.weight_decay else "")
                                 if budget or args.source_rate is not None else "")
-    prepared = prepare_cached(path, max_len=data_cfg.max_len, valid_share=data_cfg.valid_share,
-                              source_sample_rate=data_cfg.source_sample_rate, log=lambda *a: None)
+    prepared = prepare(data_cfg.model_copy(update={"path": str(path)}), log=lambda *a: None)
     out = Path(args.out)
     done = set()
     if out.exists():

@@ -24,7 +24,7 @@ import yaml
 
 from dacdr.config import RunConfig
 from dacdr.data.batches import BatchGatherer
-from dacdr.runner import prepare_data
+from dacdr.data.prepare import prepare
 from dacdr.training.checkpoint import load_model
 
 
@@ -37,7 +37,7 @@ def _entropy(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def inspect(run: Path, limit: int = 20_000) -> dict[str, float]:
     cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
-    prepared = prepare_data(cfg.data)
+    prepared = prepare(cfg.data)
     model, _ = load_model(run)
     model.eval()
     split, s = prepared.split, prepared.samples

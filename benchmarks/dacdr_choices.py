@@ -23,8 +23,8 @@ import tempfile
 
 import torch
 
-from dacdr.config import TrainConfig
-from dacdr.data.samples import prepare_cached
+from dacdr.config import DataConfig, TrainConfig
+from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate
 from dacdr.evaluation import predict, test_report
 from dacdr.models import create_model
@@ -41,10 +41,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
-        prepared = prepare_cached(args.data, max_len=50)
+        prepared = prepare(DataConfig(path=str(args.data), max_len=50))
     except FileNotFoundError:
         generate("demo", args.data, seed=0)
-        prepared = prepare_cached(args.data, max_len=50)
+        prepared = prepare(DataConfig(path=str(args.data), max_len=50))
     torch.manual_seed(0)
     model = create_model(args.model, prepared.spec, **json.loads(args.params))
     cfg = TrainConfig(**({"epochs": 2, "patience": 10, "progress": False} | json.loads(args.train)))

@@ -27,9 +27,9 @@ import torch
 
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dacdr.data.dataset import load_dataset, write_dataset
+from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import TargetConfig, generate, get_preset
 from dacdr.models import create_model
-from dacdr.runner import prepare_data
 from dacdr.training.finetune import finetune, restrict_split
 from dacdr.training.trainer import Trainer
 
@@ -164,8 +164,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     full_dir, base_dir = make_worlds(args.out, args.users)
     train_cfg = TrainConfig(epochs=args.epochs, patience=1, batch_size=1024, progress=False)
-    full_prep = prepare_data(DataConfig(path=str(full_dir)))
-    base_prep = prepare_data(DataConfig(path=str(base_dir)))
+    full_prep = prepare(DataConfig(path=str(full_dir)))
+    base_prep = prepare(DataConfig(path=str(base_dir)))
     alone_prep = restrict_split(full_prep, NEW)
     oracle = None
     rows: dict[str, list[dict]] = {k: [] for k in VARIANTS + ("base training",)}

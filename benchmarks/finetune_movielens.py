@@ -39,7 +39,7 @@ from finetune import VARIANTS, compare_seed, drop_domain, summary_table  # noqa:
 
 from dacdr.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from dacdr.data.loaders import ConvertConfig, convert  # noqa: E402
-from dacdr.runner import prepare_data  # noqa: E402
+from dacdr.data.prepare import prepare  # noqa: E402
 from dacdr.training.finetune import restrict_split  # noqa: E402
 
 NEW = "Thriller"
@@ -109,8 +109,8 @@ def main() -> None:
     data = {"protocol": "users", "cold_start_share": 0.2, "valid_share": 0.1, "max_len": 50, "sequence_cutoff": "before"}
     train_cfg = TrainConfig(epochs=args.epochs, patience=1, batch_size=1024, lr=2e-3, progress=False,
                             max_steps_per_epoch=args.max_steps, num_threads=args.threads)
-    full_prep = prepare_data(DataConfig(path=str(full_dir), **data))
-    base_prep = prepare_data(DataConfig(path=str(base_dir), **data))
+    full_prep = prepare(DataConfig(path=str(full_dir), **data))
+    base_prep = prepare(DataConfig(path=str(base_dir), **data))
     alone_prep = restrict_split(full_prep, NEW)
     refs = references(full_prep, NEW)
     ref_line = f"untrained references on {NEW}'s cold-start ratings (MAE / RMSE): " + "; ".join(

@@ -30,10 +30,12 @@ def _cfg(dataset: str, steps: int, streaming: bool, batch: int = 1024, epochs: i
 
 
 def prepare(args: argparse.Namespace) -> None:
-    from dacdr.data.streaming import prepare_streaming
+    from dacdr.config import DataConfig
+    from dacdr.data.prepare import prepare
 
     t0 = time.perf_counter()
-    data = prepare_streaming(args.dataset, args.cache, log=lambda m: print(m, flush=True))
+    data = prepare(DataConfig(path=str(args.dataset), cache_dir=args.cache, streaming=True),
+                   log=lambda m: print(m, flush=True))
     print(json.dumps({"bench": "prepare_streaming", "rows": data.meta["rows"], "events": data.meta["events"],
                       "seconds": round(time.perf_counter() - t0, 1), "rows_per_s": round(data.meta["rows_per_s"]),
                       "buckets": data.meta["buckets"]}))

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dacdr.config import TrainConfig
-from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.config import DataConfig, TrainConfig
+from dacdr.data.prepare import prepare
+from dacdr.data.samples import PreparedData
 from dacdr.distributed import current
 from dacdr.distributed.launch import spawn
 from dacdr.models import create_model
@@ -38,7 +39,7 @@ MODEL = {"dim": 32, "heads": 2}
 
 
 def _prepared(dataset: str, rows: int | None) -> PreparedData:
-    prepared = prepare_cached(dataset, max_len=50)
+    prepared = prepare(DataConfig(path=str(dataset), max_len=50))
     if rows:
         if rows < prepared.spec.vocab_sizes["item"]:
             raise ValueError(f"--rows {rows} is below the data's {prepared.spec.vocab_sizes['item']} items")

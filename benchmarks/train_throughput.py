@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from dacdr.config import DataConfig
 from dacdr.data.batches import BatchGatherer
-from dacdr.data.samples import prepare_cached
+from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate
 from dacdr.evaluation import predict
 from dacdr.models import create_model
@@ -82,7 +83,7 @@ def main() -> None:
     data = Path(args.data)
     if not (data / "dataset.json").exists():
         generate("demo", data, seed=0)
-    prepared = prepare_cached(data, max_len=args.max_len)
+    prepared = prepare(DataConfig(path=str(data), max_len=args.max_len))
     g = BatchGatherer(prepared)
     idx = prepared.split.train_target
     rows = []

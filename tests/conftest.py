@@ -17,9 +17,10 @@ def handmade_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def handmade_prepared(handmade_path):
-    from dacdr.data.samples import prepare_cached
+    from dacdr.config import DataConfig
+    from dacdr.data.prepare import prepare
 
-    return prepare_cached(handmade_path, max_len=8)
+    return prepare(DataConfig(path=str(handmade_path), max_len=8))
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,7 @@ def tiny_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_path):
-    from dacdr.data.samples import prepare_cached
+    from dacdr.config import DataConfig
+    from dacdr.data.prepare import prepare
 
-    return prepare_cached(tiny_path, max_len=20)
+    return prepare(DataConfig(path=str(tiny_path), max_len=20))

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.data.prepare import prepare
+from dacdr.data.samples import PreparedData
 from dacdr.data.synthetic import SyntheticConfig, generate, get_preset
 from dacdr.models import get_entry
 from dacdr.reporting.summary import REFERENCE_KEYS, REFERENCE_LABELS, build_metrics, markdown_tables
@@ -256,8 +257,7 @@ def run_bench(
         generate(synth, data_dir, seed=settings.generator_seed)
     data_cfg = DataConfig(path=str(data_dir), max_len=settings.max_len,
                           source_sample_rate=settings.source_sample_rate)
-    prepared = prepare_cached(data_dir, max_len=data_cfg.max_len, valid_share=data_cfg.valid_share,
-                              source_sample_rate=data_cfg.source_sample_rate)
+    prepared = prepare(data_cfg)
     if prepared.spec.task != "ctr":
         raise ValueError(f"dacdr bench reproduces the click Table 2; preset {settings.preset!r} is not a click log")
     split = prepared.split
@@ -318,8 +318,7 @@ def run_bench(
 def _train_one(cfg: RunConfig, run_dir: Path, prepared: PreparedData | None = None) -> tuple[dict[str, Any], float]:
     """One (model, seed) run; in a worker process the prepared samples come from the on-disk cache."""
     if prepared is None:
-        prepared = prepare_cached(cfg.data.path, max_len=cfg.data.max_len, valid_share=cfg.data.valid_share,
-                                  source_sample_rate=cfg.data.source_sample_rate)
+        prepared = prepare(cfg.data)
     t0 = time.perf_counter()
     r = train_run(cfg, prepared=prepared, run_dir=run_dir, console=Console(quiet=True))
     return r, round(time.perf_counter() - t0, 1)

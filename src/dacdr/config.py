@@ -13,11 +13,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every config schema in dacdr: unknown keys are errors, not silently ignored."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class DataConfig(_Strict):
+_Strict = StrictModel  # the name used before 0.3
+
+
+class DataConfig(StrictModel):
     """Where the data comes from and how samples are built."""
 
     path: str | None = Field(None, description="dataset directory in the dacdr layout (docs/data-format.md)")
@@ -42,6 +47,10 @@ class DataConfig(_Strict):
     )
     source_sample_rate: float = Field(
         1.0, ge=0, le=1, description="share of source-domain rows used as training samples (when a model uses them)"
+    )
+    split_seed: int = Field(
+        0, description="seed of the split (P2's cold-start users, validation users, source sub-sampling); "
+        "independent of the model seed"
     )
     cache_dir: str | None = Field(None, description="sample cache; default <dataset>/.cache")
     min_count: dict[str, int] = Field(
@@ -73,14 +82,14 @@ class DataConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Which registered model, and its hyper-parameters (passed to the model's constructor)."""
 
     name: str = Field("DACDR", description="a name from `dacdr models`")
     params: dict[str, Any] = Field(default_factory=dict, description="constructor keyword arguments")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Optimisation and early stopping."""
 
     epochs: int = Field(10, gt=0, description="maximum epochs")
@@ -122,7 +131,7 @@ class TrainConfig(_Strict):
                                        "default: 10 x train.lr (Adagrad's steps shrink as it accumulates)")
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """A whole training run, as written in `configs/*.yaml`."""
 
     data: DataConfig

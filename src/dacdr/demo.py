@@ -18,7 +18,8 @@ from rich.console import Console
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dacdr.data.batches import BatchGatherer
 from dacdr.data.features import FIRST_ID
-from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.data.prepare import prepare
+from dacdr.data.samples import PreparedData
 from dacdr.data.synthetic import generate, get_preset
 from dacdr.reporting.plots import plot_attention, plot_validation_curves
 from dacdr.reporting.summary import build_metrics, markdown_tables
@@ -68,8 +69,7 @@ def run_demo(
         console.print(f"generating the synthetic world into {data_dir} ...")
         generate(synth, data_dir, seed=0)
     data_cfg = DataConfig(path=str(data_dir), source_sample_rate=DEMO_SOURCE_SAMPLE_RATE)
-    prepared = prepare_cached(data_dir, max_len=data_cfg.max_len, valid_share=data_cfg.valid_share,
-                              source_sample_rate=data_cfg.source_sample_rate)
+    prepared = prepare(data_cfg)
     split = prepared.split
     console.print(
         f"samples: {len(split.train_target):,} target train, {len(split.train_source):,} source train, "

@@ -31,7 +31,8 @@ from rich.console import Console
 
 from dacdr.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, format_validation_error
 from dacdr.data.loaders import ConvertConfig, convert
-from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.data.prepare import prepare
+from dacdr.data.samples import PreparedData
 from dacdr.reporting.summary import mean_std
 
 PTUPCDR_SEEDS = [900, 1000, 10, 2020, 500]
@@ -344,14 +345,18 @@ def _json_default(o: Any) -> Any:
 
 
 def _prepare(data_path: Path, cfg: ExperimentConfig, beta: float | None, seed: int, cutoff: str) -> PreparedData:
-    kwargs: dict[str, Any] = {"max_len": cfg.split.max_len, "valid_share": cfg.split.valid_share, "seed": seed}
+    return prepare(split_config(data_path, cfg, beta, seed, cutoff))  # type: ignore[return-value]
+
+
+def split_config(data_path: Path, cfg: ExperimentConfig, beta: float | None, seed: int, cutoff: str) -> DataConfig:
+    """The data section of one (beta, seed) split of an experiment."""
+    fields: dict[str, Any] = {"path": str(data_path), "max_len": cfg.split.max_len,
+                              "valid_share": cfg.split.valid_share, "split_seed": seed, "sequence_cutoff": cutoff}
     if beta is None:
-        kwargs["protocol"] = "periods"
+        fields["protocol"] = "periods"
     else:
-        kwargs |= {"protocol": "users", "cold_start_share": beta}
-    if cutoff != "before":
-        kwargs["sequence_cutoff"] = cutoff
-    return prepare_cached(data_path, **kwargs)
+        fields |= {"protocol": "users", "cold_start_share": beta}
+    return DataConfig(**fields)
 
 
 def _split_stats(prepared: PreparedData, seed: int) -> dict[str, Any]:

@@ -126,13 +126,17 @@ def replace_dir(new: Path, dest: Path, *, overwrite: bool, fault: str = "replace
 
 
 @contextmanager
-def atomic_dir(dest: str | Path, *, overwrite: bool = False, fault: str = "replace") -> Iterator[Path]:
+def atomic_dir(
+    dest: str | Path, *, overwrite: bool = False, fault: str = "replace", shared: bool = False
+) -> Iterator[Path]:
     """Write a directory as one unit: yields a temporary sibling that replaces `dest` when the block succeeds.
 
     `fault` prefixes the names of the fault points of the swap (`<fault>.aside`, `<fault>.swapped`).
+    `shared`: `dest` is content-addressed (a cache entry): when another process publishes it first, its copy
+    is equivalent and ours is dropped instead of failing.
     """
     dest = Path(dest)
-    if dest.exists() and not overwrite:
+    if dest.exists() and not overwrite and not shared:
         raise FileExistsError(f"{dest} exists (pass --overwrite to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -140,7 +144,15 @@ def atomic_dir(dest: str | Path, *, overwrite: bool = False, fault: str = "repla
     try:
         yield tmp
         fsync_tree(tmp)
-        replace_dir(tmp, dest, overwrite=overwrite, fault=fault)
+        if shared and dest.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        try:
+            replace_dir(tmp, dest, overwrite=overwrite, fault=fault)
+        except OSError:
+            if not (shared and dest.exists()):  # lost the race to an equivalent copy: fine
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

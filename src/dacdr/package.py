@@ -211,13 +211,13 @@ def run_prepared(run_dir: Path, log=print) -> tuple[PreparedData, Path]:
     Returns it with the dataset directory it came from.
     """
     from dacdr.config import RunConfig
-    from dacdr.runner import dataset_path, prepare_data
+    from dacdr.data.prepare import dataset_path, prepare
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: missing; is {run_dir} a run directory?")
     cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-    prepared = prepare_data(cfg.data)
+    prepared = prepare(cfg.data)
     if (run_dir / VOCABS).is_file():
         from dacdr.training.finetune import align_to_vocabularies
 

@@ -9,50 +9,11 @@ import yaml
 from rich.console import Console
 
 from dacdr.config import DataConfig, RunConfig, check_model_params
-from dacdr.data.samples import PreparedData, prepare_cached
+from dacdr.data.prepare import dataset_path, prepare
+from dacdr.data.protocol import TrainingData
 from dacdr.fsutil import recover_dir
 from dacdr.models import create_model
 from dacdr.training.trainer import Trainer
-
-
-def dataset_path(data: DataConfig, root: str | Path = "data") -> Path:
-    """The dataset directory of a config, generating the synthetic preset on first use."""
-    if data.path is not None:
-        return Path(data.path)
-    from dacdr.data.synthetic import generate
-
-    out = Path(root) / f"synthetic-{data.synthetic}-seed{data.synthetic_seed}"
-    if not (out / "dataset.json").exists():
-        generate(data.synthetic, out, seed=data.synthetic_seed)
-    return out
-
-
-def prepare_data(data: DataConfig, split_seed: int = 0, data_root: str | Path = "data") -> PreparedData:
-    if data.streaming:  # out of core: a StreamingData, which the Trainer streams (docs/scaling.md)
-        from dacdr.data.streaming import prepare_streaming
-
-        if data.sequence_cutoff != "before":
-            raise ValueError("data.sequence_cutoff: the streaming pipeline builds leak-free sequences only "
-                             "('before'); use data.streaming: false for 'all'")
-
-        return prepare_streaming(  # type: ignore[return-value]
-            dataset_path(data, data_root), data.cache_dir, max_len=data.max_len, protocol=data.protocol,
-            valid_share=data.valid_share, cold_start_share=data.cold_start_share,
-            source_sample_rate=data.source_sample_rate, seed=split_seed, shard_rows=data.shard_rows,
-            sort_buckets=data.sort_buckets, **data.embedding_limits(),
-        )
-    return prepare_cached(
-        dataset_path(data, data_root),
-        cache_dir=data.cache_dir,
-        max_len=data.max_len,
-        protocol=data.protocol,
-        valid_share=data.valid_share,
-        cold_start_share=data.cold_start_share,
-        source_sample_rate=data.source_sample_rate,
-        seed=split_seed,
-        sequence_cutoff=data.sequence_cutoff,
-        **data.embedding_limits(),
-    )
 
 
 def _same_config(path: Path, cfg: RunConfig) -> bool:
@@ -66,14 +27,14 @@ def _same_config(path: Path, cfg: RunConfig) -> bool:
 
 def train_run(
     cfg: RunConfig,
-    prepared: PreparedData | None = None,
+    prepared: TrainingData | None = None,
     run_dir: str | Path | None = None,
     console: Console | None = None,
     resume: bool = True,
 ) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, keep the best checkpoint, evaluate it on the test split."""
     check_model_params(cfg, "config")  # fail on an unknown model or a bad parameter before any data work
-    prepared = prepared or prepare_data(cfg.data)
+    prepared = prepared or prepare(cfg.data)
     run_dir = Path(run_dir or cfg.out or f"runs/{cfg.model.name.replace(' ', '_')}-seed{cfg.train.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
@@ -93,3 +54,13 @@ def train_run(
     results = trainer.evaluate()
     results["history"] = history
     return results
+
+
+def prepare_data(data: DataConfig, split_seed: int | None = None, data_root: str | Path = "data") -> TrainingData:
+    """Deprecated spelling of `dacdr.data.prepare.prepare` (kept for 0.2 scripts)."""
+    if split_seed is not None:
+        data = data.model_copy(update={"split_seed": split_seed})
+    return prepare(data, data_root=data_root)
+
+
+__all__ = ["dataset_path", "prepare_data", "train_run"]

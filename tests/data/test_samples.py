@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dacdr.config import DataConfig
 from dacdr.data.batches import BatchGatherer
 from dacdr.data.dataset import load_dataset
-from dacdr.data.samples import PreparedData, prepare, prepare_cached, sequence_ranges
+from dacdr.data.prepare import cache_key
+from dacdr.data.prepare import prepare as data_prepare
+from dacdr.data.samples import PreparedData, prepare, sequence_ranges
 
 
 def _check_no_leakage(prepared: PreparedData) -> None:
@@ -114,20 +117,34 @@ def test_prepare_is_deterministic_and_cached(handmade_path, tmp_path):
     b = prepare(load_dataset(handmade_path), max_len=8)
     for k in a.samples:
         np.testing.assert_array_equal(a.samples[k], b.samples[k])
-    c1 = prepare_cached(handmade_path, cache_dir=tmp_path, max_len=8)
+    cfg = DataConfig(path=str(handmade_path), cache_dir=str(tmp_path), max_len=8)
+    c1 = data_prepare(cfg)
     assert len(list(tmp_path.glob("samples-*"))) == 1
-    c2 = prepare_cached(handmade_path, cache_dir=tmp_path, max_len=8)
+    c2 = data_prepare(cfg)
     np.testing.assert_array_equal(c1.samples["seq_end"], c2.samples["seq_end"])
     np.testing.assert_array_equal(c1.split.test, a.split.test)
-    prepare_cached(handmade_path, cache_dir=tmp_path, max_len=4)  # another key, another entry
+    data_prepare(cfg.model_copy(update={"max_len": 4}))  # another key, another entry
     assert len(list(tmp_path.glob("samples-*"))) == 2
 
 
+def test_the_cache_key_covers_the_whole_data_section_and_nothing_else(handmade_path, tmp_path):
+    """One config, one cache entry, whoever calls: every sample-shaping field changes the key; where the
+    data lives does not."""
+    base = DataConfig(path=str(handmade_path), max_len=8)
+    key = cache_key(base, handmade_path)
+    assert cache_key(DataConfig(path=str(handmade_path), max_len=8, valid_share=0.1), handmade_path) == key
+    assert cache_key(base.model_copy(update={"cache_dir": str(tmp_path)}), handmade_path) == key
+    for field, value in (("valid_share", 0.2), ("split_seed", 1), ("source_sample_rate", 0.5),
+                         ("sequence_cutoff", "all"), ("min_count", {"item": 2}), ("protocol", "users")):
+        assert cache_key(base.model_copy(update={field: value}), handmade_path) != key, field
+
+
 def test_corrupt_cache_is_rebuilt(handmade_path, tmp_path):
-    prepare_cached(handmade_path, cache_dir=tmp_path, max_len=8)
+    cfg = DataConfig(path=str(handmade_path), cache_dir=str(tmp_path), max_len=8)
+    data_prepare(cfg)
     entry = next(tmp_path.glob("samples-*"))
     (entry / "arrays.npz").write_bytes(b"garbage")
-    again = prepare_cached(handmade_path, cache_dir=tmp_path, max_len=8, log=lambda m: None)
+    again = data_prepare(cfg, log=lambda m: None)
     assert again.n_samples > 0
 
 
@@ -138,13 +155,10 @@ def test_unknown_protocol(handmade_path):
 
 def test_run_config_sequence_cutoff_reaches_the_sample_builder(handmade_path, tmp_path):
     """`dacdr train` / `dacdr evaluate` build the split the config asks for, PTUPCDR's whole-history mode too."""
-    from dacdr.config import DataConfig
-    from dacdr.runner import prepare_data
-
-    before = prepare_data(DataConfig(path=str(handmade_path), max_len=8, cache_dir=str(tmp_path)))
-    whole = prepare_data(DataConfig(path=str(handmade_path), max_len=8, cache_dir=str(tmp_path),
+    before = data_prepare(DataConfig(path=str(handmade_path), max_len=8, cache_dir=str(tmp_path)))
+    whole = data_prepare(DataConfig(path=str(handmade_path), max_len=8, cache_dir=str(tmp_path),
                                     sequence_cutoff="all"))
     assert (whole.samples["seq_end"] >= before.samples["seq_end"]).all()
     assert (whole.samples["seq_end"] > before.samples["seq_end"]).any()
     with pytest.raises(ValueError, match="sequence_cutoff"):
-        prepare_data(DataConfig(path=str(handmade_path), streaming=True, sequence_cutoff="all"))
+        data_prepare(DataConfig(path=str(handmade_path), streaming=True, sequence_cutoff="all"))

@@ -7,10 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dacdr.config import DataConfig
 from dacdr.data.batches import BatchGatherer
 from dacdr.data.dataset import load_dataset
+from dacdr.data.prepare import prepare as data_prepare
 from dacdr.data.samples import prepare
-from dacdr.data.streaming import ShardStream, prepare_streaming
+from dacdr.data.streaming import ShardStream
 from dacdr.distributed import current
 
 
@@ -22,8 +24,8 @@ def _quiet(_: str) -> None:
 def both(tiny_path, tmp_path_factory):
     opts = {"max_len": 20, "source_sample_rate": 0.5, "min_count": {"item": 5}}
     memory = prepare(load_dataset(tiny_path), **opts)
-    stream = prepare_streaming(tiny_path, tmp_path_factory.mktemp("cache"), shard_rows=1000, sort_buckets=3,
-                               log=_quiet, **opts)
+    stream = data_prepare(DataConfig(path=str(tiny_path), cache_dir=str(tmp_path_factory.mktemp("cache")),
+                                     streaming=True, shard_rows=1000, sort_buckets=3, **opts), log=_quiet)
     return memory, stream
 
 
@@ -78,4 +80,5 @@ def test_the_stream_partitions_row_groups_over_ranks_and_workers(both):
 
 def test_streaming_refuses_the_user_protocol_with_a_clear_error(tiny_path, tmp_path):
     with pytest.raises(ValueError, match="supports protocol 'time' only"):
-        prepare_streaming(tiny_path, tmp_path, protocol="users", log=_quiet)
+        data_prepare(DataConfig(path=str(tiny_path), cache_dir=str(tmp_path), streaming=True, protocol="users"),
+                     log=_quiet)

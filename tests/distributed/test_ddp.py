@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dacdr.config import TrainConfig
-from dacdr.data.streaming import prepare_streaming
+from dacdr.config import DataConfig, TrainConfig
+from dacdr.data.prepare import prepare
 from dacdr.distributed import current
 from dacdr.distributed.launch import spawn
 from dacdr.evaluation import score_metrics
@@ -28,6 +28,10 @@ def _fit(prepared, run_dir: Path, epochs: int, resume: bool):
     return trainer, trainer.fit(resume=resume)
 
 
+def _stream_cfg(path: str) -> DataConfig:
+    return DataConfig(path=path, max_len=20, streaming=True, shard_rows=500)
+
+
 def _worker(prepared, stream_dir: str, out: str) -> None:
     """One rank: train in memory (then resume the finished run), then from the streaming shards."""
     out_dir, rank = Path(out), current().rank
@@ -35,7 +39,7 @@ def _worker(prepared, stream_dir: str, out: str) -> None:
     _, valid = trainer.validation_score()
     save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(out_dir / f"w{rank}.safetensors"))
     _, resumed_history = _fit(prepared, out_dir / "run", epochs=3, resume=True)  # every rank reads rank 0's state
-    stream, stream_history = _fit(prepare_streaming(stream_dir, max_len=20, shard_rows=500, log=lambda _: None),
+    stream, stream_history = _fit(prepare(_stream_cfg(stream_dir), log=lambda _: None),
                                   out_dir / "stream", epochs=3, resume=False)
     save_file({k: v.contiguous() for k, v in stream.model.state_dict().items()}, str(out_dir / f"s{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps({
@@ -45,7 +49,7 @@ def _worker(prepared, stream_dir: str, out: str) -> None:
 
 
 def test_two_processes_train_the_same_model(tiny_prepared, tiny_path, tmp_path):
-    prepare_streaming(tiny_path, max_len=20, shard_rows=500, log=lambda _: None)  # built once, read by both
+    prepare(_stream_cfg(str(tiny_path)), log=lambda _: None)  # built once, read by both
     spawn(_worker, 2, tiny_prepared, str(tiny_path), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dacdr.config import TrainConfig
-from dacdr.data.samples import prepare_cached
+from dacdr.config import DataConfig, TrainConfig
+from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate
 from dacdr.models import create_model
 from dacdr.reporting.attention import relevance_mass
@@ -22,7 +22,7 @@ from dacdr.training.trainer import Trainer
 @pytest.fixture(scope="module")
 def mechanism(tmp_path_factory):
     path = generate("mechanism-tiny", tmp_path_factory.mktemp("mech") / "data", seed=0)
-    return path, prepare_cached(path, max_len=30)
+    return path, prepare(DataConfig(path=str(path), max_len=30))
 
 
 @pytest.mark.slow

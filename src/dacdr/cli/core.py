@@ -85,7 +85,7 @@ def train(
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="a run directory written by `dacdr train`")]) -> None:
     """Re-evaluate a run's best checkpoint on its test split."""
     from dacdr.config import RunConfig
-    from dacdr.runner import prepare_data
+    from dacdr.data.prepare import prepare
     from dacdr.training.checkpoint import load_model
     from dacdr.training.trainer import Trainer
 
@@ -94,7 +94,7 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a run directory writt
         raise FileNotFoundError(f"{cfg_path}: missing; is {run_dir} a run directory?")
     cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
     model, desc = load_model(run_dir)
-    prepared = prepare_data(cfg.data)
+    prepared = prepare(cfg.data)
     results = Trainer(prepared, model, desc["name"], cfg.train.model_copy(update={"progress": False}),
                       run_dir).evaluate()
     _print_results(results)

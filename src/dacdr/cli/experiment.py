@@ -85,8 +85,9 @@ def export_split(
     fmt: Annotated[str, typer.Option("--format", help="output format; only 'ptupcdr'")] = "ptupcdr",
 ) -> None:
     """Write a P2 split in the PTUPCDR code's on-disk format (docs/datasets.md), so it runs on identical data."""
+    from dacdr.config import DataConfig
+    from dacdr.data.prepare import prepare
     from dacdr.data.ptupcdr import FILES, export_ptupcdr
-    from dacdr.data.samples import prepare_cached
 
     if fmt != "ptupcdr":
         raise ValueError(f"--format {fmt!r}: only 'ptupcdr' is supported")
@@ -94,8 +95,7 @@ def export_split(
         raise ValueError(f"--mode {mode!r}: expected 'leak-free' or 'ptupcdr'")
     if not 0 < beta < 1:
         raise ValueError(f"--beta {beta}: must lie in (0, 1)")
-    kwargs = {"sequence_cutoff": "all"} if mode == "ptupcdr" else {}
-    prepared = prepare_cached(dataset, protocol="users", cold_start_share=beta, seed=seed,
-                              valid_share=valid_share, **kwargs)
+    prepared = prepare(DataConfig(path=str(dataset), protocol="users", cold_start_share=beta, split_seed=seed,
+                                  valid_share=valid_share, sequence_cutoff="all" if mode == "ptupcdr" else "before"))
     path = export_ptupcdr(prepared, out, target)
     console.print(f"wrote {', '.join(FILES)} (+ valid.csv, users.csv, items.csv, ptupcdr.json) to {path}")

@@ -8,21 +8,17 @@ timestamp, at most ``max_len`` long. Batches gather the tokens from that range (
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from dacdr.config import DataConfig
 from dacdr.data.dataset import REFERENCE_COLUMNS, CrossDomainData
 from dacdr.data.features import PAD, FeatureSpec, Vocab, Vocabularies, embedding_maps, table_rows
 from dacdr.data.splits import Split, period_split, time_split, user_split
-
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
 
 @dataclass
@@ -288,42 +284,15 @@ def prepare(
     )
 
 
-def dataset_fingerprint(path: Path) -> str:
-    """Cheap identity of a dataset directory: names, sizes and mtimes of its files."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and ".cache" not in p.parts:
-            st = p.stat()
-            h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-def prepare_cached(
-    path: str | Path, cache_dir: str | Path | None = None, log=print, **kwargs
-) -> PreparedData:
-    """`prepare` with an on-disk cache keyed by the dataset's fingerprint and every argument."""
+def build(path: str | Path, data: DataConfig) -> PreparedData:
+    """`prepare` of the dataset at `path` with the options of a validated config section."""
     from dacdr.data.dataset import load_dataset
 
-    path = Path(path)
-    key_src = json.dumps({"fp": dataset_fingerprint(path), "fmt": CACHE_FORMAT, **kwargs}, sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir else path / ".cache"
-    target = root / f"samples-{key}"
-    if (target / "meta.json").exists():
-        try:
-            return PreparedData.load(target)
-        except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt, never trusted
-            log(f"sample cache {target} unreadable ({e}); rebuilding")
-            shutil.rmtree(target, ignore_errors=True)
-    prepared = prepare(load_dataset(path), **kwargs)
-    tmp = root / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    prepared.save(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process won the race; its copy is equivalent
-        shutil.rmtree(tmp, ignore_errors=True)
-    return prepared
+    return prepare(
+        load_dataset(path), max_len=data.max_len, protocol=data.protocol, valid_share=data.valid_share,
+        cold_start_share=data.cold_start_share, source_sample_rate=data.source_sample_rate, seed=data.split_seed,
+        min_count=data.min_count, hash_buckets=data.hash_buckets, sequence_cutoff=data.sequence_cutoff,
+    )
 
 
-__all__ = ["PAD", "PreparedData", "prepare", "prepare_cached", "sequence_ranges"]
+__all__ = ["PAD", "PreparedData", "build", "prepare", "sequence_ranges"]

@@ -1,6 +1,6 @@
 """Out-of-core samples: prepare a dataset that does not fit in memory, and stream it into training.
 
-`prepare_streaming` reads the interactions one Parquet row group at a time and never holds them all:
+`build_streaming` reads the interactions one Parquet row group at a time and never holds them all:
 
 1. **Vocabularies.** One pass over the `user` column (and ratings); items and domains come from their
    small tables. The user vocabulary is the one resident per-user structure.
@@ -24,10 +24,8 @@ it); only the order of training samples differs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dacdr.config import DataConfig
 from dacdr.data.batches import Batch, BatchGatherer
 from dacdr.data.dataset import (
     DOMAINS_FILE,
@@ -66,7 +65,6 @@ from dacdr.data.samples import (
     _item_table,
     apply_embedding_maps,
     build_vocabularies,
-    dataset_fingerprint,
     field_counts,
     sequence_ranges,
 )
@@ -486,59 +484,16 @@ def _bucket_samples(
     return tokens, arrays, split
 
 
-def _options_key(root: Path, options: dict[str, Any]) -> str:
-    src = json.dumps({"fp": dataset_fingerprint(root), "fmt": STREAM_FORMAT, **options}, sort_keys=True)
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
+def build_streaming(path: str | Path, out: Path, data: DataConfig, log: Log = print) -> None:
+    """Prepare the dataset at `path` out of core into the (empty, temporary) directory `out`."""
+    from dacdr.data.prepare import check
 
-
-def prepare_streaming(
-    path: str | Path,
-    cache_dir: str | Path | None = None,
-    *,
-    max_len: int = 50,
-    protocol: str = "time",
-    valid_share: float = 0.1,
-    cold_start_share: float = 0.2,
-    source_sample_rate: float = 1.0,
-    seed: int = 0,
-    min_count: dict[str, int] | None = None,
-    hash_buckets: dict[str, int] | None = None,
-    shard_rows: int = 65_536,
-    sort_buckets: int | None = None,
-    log: Log = print,
-) -> StreamingData:
-    """Prepare `path` out of core into `<cache_dir or path/.cache>/stream-<key>` (reused when it exists)."""
-    root = Path(path)
-    if protocol != "time":
-        # P2 draws its cold-start users over the whole user set of each target (splits.user_split), which a
-        # bucket-by-bucket pass cannot reproduce; P2 datasets (Amazon pairs) fit in memory anyway.
-        raise ValueError(f"data.streaming supports protocol 'time' only, got {protocol!r}; "
-                         "use the in-memory path (data.streaming: false)")
-    options = {"max_len": max_len, "protocol": protocol, "valid_share": valid_share,
-               "cold_start_share": cold_start_share, "source_sample_rate": source_sample_rate, "seed": seed,
-               "min_count": min_count or {}, "hash_buckets": hash_buckets or {}, "shard_rows": shard_rows,
-               "sort_buckets": sort_buckets}
-    cache_root = Path(cache_dir) if cache_dir else root / ".cache"
-    target = cache_root / f"stream-{_options_key(root, options)}"
-    if (target / "meta.json").exists():
-        try:
-            return StreamingData.load(target)
-        except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt, never trusted
-            log(f"streaming cache {target} unreadable ({e}); rebuilding")
-            shutil.rmtree(target, ignore_errors=True)
-    tmp = cache_root / f".tmp-stream-{os.getpid()}-{time.time_ns()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _prepare_into(root, tmp, options, log)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race; its copy is equivalent
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return StreamingData.load(target)
+    check(data)
+    options = {"max_len": data.max_len, "protocol": data.protocol, "valid_share": data.valid_share,
+               "cold_start_share": data.cold_start_share, "source_sample_rate": data.source_sample_rate,
+               "seed": data.split_seed, "min_count": data.min_count, "hash_buckets": data.hash_buckets,
+               "shard_rows": data.shard_rows, "sort_buckets": data.sort_buckets}
+    _prepare_into(Path(path), out, options, log)
 
 
 def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> None:
@@ -642,4 +597,4 @@ def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> N
         f"{sum(shards['train_target']):,} target / {sum(shards['train_source']):,} source training samples")
 
 
-__all__ = ["ShardStream", "StreamingData", "TokenGatherer", "prepare_streaming"]
+__all__ = ["ShardStream", "StreamingData", "TokenGatherer", "build_streaming"]

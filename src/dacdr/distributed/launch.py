@@ -60,12 +60,13 @@ def train_here(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, 
     Rank 0 prepares (or generates) the data first and the others then read its cache, so N ranks do not
     build the same cache N times.
     """
-    from dacdr.runner import prepare_data, train_run
+    from dacdr.data.prepare import prepare
+    from dacdr.runner import train_run
 
     ctx = init_from_env()
     if not ctx.is_main:
         barrier(ctx)
-    prepared = prepare_data(cfg.data)
+    prepared = prepare(cfg.data)
     if ctx.is_main:
         barrier(ctx)
     return train_run(cfg, prepared=prepared, run_dir=run_dir, resume=resume)
@@ -82,8 +83,8 @@ def train(cfg: RunConfig, nproc: int = 1, run_dir: Path | None = None, resume: b
         return results if int(os.environ.get("RANK", "0")) == 0 else None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--nproc starts its own processes; under torchrun leave it out")
-    from dacdr.runner import prepare_data
+    from dacdr.data.prepare import prepare
 
-    prepare_data(cfg.data)  # once, before the ranks start: they all read this cache
+    prepare(cfg.data)  # once, before the ranks start: they all read this cache
     spawn(_train_worker, nproc, cfg.model_dump(), str(run_dir), resume)
     return json.loads((run_dir / "results.json").read_text())

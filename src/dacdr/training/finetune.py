@@ -210,8 +210,8 @@ def finetune(
     returns the report: trainable / total parameters, wall time, and the new domain's test metrics before
     and after fine-tuning.
     """
+    from dacdr.data.prepare import prepare
     from dacdr.package import run_prepared
-    from dacdr.runner import prepare_data
 
     base_run, out, data_dir = Path(base_run), Path(out), Path(data_dir)
     base_model, desc = load_model(base_run)
@@ -223,7 +223,7 @@ def finetune(
         raise FileNotFoundError(f"{data_dir}: no dataset.json; --data must be a dataset directory")
     data_cfg = base_cfg.data.model_copy(update={"path": str(data_dir), "synthetic": None})
     t_prep = time.perf_counter()
-    fresh = prepare_data(data_cfg)
+    fresh = prepare(data_cfg)
     if domain not in fresh.spec.target_domains:
         raise ValueError(f"domain {domain!r} is not a target domain of {data_dir} "
                          f"(targets: {fresh.spec.target_domains})")
