@@ -98,7 +98,7 @@ def _timed_steps(trainer: Trainer, steps: int, ddp_kwargs: dict | None = None) -
 
     model, prepared = trainer.model, trainer.prepared
     phase = trainer.phases()[0]
-    idx = trainer.training_indices(phase.train_on)
+    train_set = trainer.data.training_set(phase.train_on, phase.select)
     opt = torch.optim.AdamW(model.parameters(), lr=trainer.cfg.lr)
     net = trainer._wrap(phase)
     if ddp_kwargs and trainer.dist.distributed:  # the same DDP with other options
@@ -106,7 +106,7 @@ def _timed_steps(trainer: Trainer, steps: int, ddp_kwargs: dict | None = None) -
 
         net = DistributedDataParallel(model, **ddp_kwargs)
     gen = torch.Generator().manual_seed(0)
-    _, batches = trainer._epoch_batches(phase, idx, gen)
+    _, batches = train_set.epoch(trainer.cfg.batch_size, gen, trainer.dist)
     parts = {"gather": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     it = iter(batches)
     del prepared

@@ -9,8 +9,6 @@ one offending row.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +19,17 @@ import polars as pl
 from polars.exceptions import PanicException
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from dacdr.fsutil import atomic_dir
+
 __all__ = [
     "SCHEMA_VERSION",
     "CrossDomainData",
     "DatasetError",
     "DatasetSpec",
+    "check_interaction_block",
+    "interaction_files",
     "load_dataset",
+    "load_static_tables",
     "read_spec",
     "validate",
     "write_dataset",
@@ -489,7 +492,8 @@ def _read_parquet(file: Path, name: str, columns: list[str] | None = None) -> pl
         raise DatasetError(f"{name}: not a readable parquet file ({detail})") from None
 
 
-def _interaction_files(root: Path) -> list[tuple[Path, str]]:
+def interaction_files(root: Path) -> list[tuple[Path, str]]:
+    """(file, name shown in messages) of every interactions part of the dataset at `root`, in order."""
     single = root / INTERACTIONS_FILE
     parts = sorted((root / INTERACTIONS_DIR).glob("part-*.parquet"))
     if single.exists() and parts:
@@ -507,7 +511,7 @@ def _read_interactions(root: Path, spec: DatasetSpec, wanted: list[str] | None) 
     kinds = _all_kinds("interactions", spec)
     frames: list[pl.DataFrame] = []
     names: list[str] = []
-    for file, name in _interaction_files(root):
+    for file, name in interaction_files(root):
         part = _read_parquet(file, name, wanted)
         part = _check_columns(part, kinds, _Source.single(name), cast=True)
         if frames and part.columns != frames[0].columns:
@@ -523,6 +527,39 @@ def _read_interactions(root: Path, spec: DatasetSpec, wanted: list[str] | None) 
     return df, _Source(names, offsets)
 
 
+def _read_static(root: Path) -> tuple[DatasetSpec, pl.DataFrame, pl.DataFrame]:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a dataset directory")
+    spec = read_spec(root)
+    domains = _read_parquet(root / DOMAINS_FILE, DOMAINS_FILE)
+    domains = _check_columns(domains, _all_kinds("domains", spec), _Source.single(DOMAINS_FILE), cast=True)
+    items = _read_parquet(root / ITEMS_FILE, ITEMS_FILE)
+    items = _check_columns(items, _all_kinds("items", spec), _Source.single(ITEMS_FILE), cast=True)
+    return spec, domains, items
+
+
+def load_static_tables(path: str | Path) -> CrossDomainData:
+    """The descriptor, domains and items of a dataset, validated, with an empty interactions table: what an
+    out-of-core reader needs before it reads the interactions part by part (`check_interaction_block`)."""
+    root = Path(path)
+    spec, domains, items = _read_static(root)
+    _check_domains(domains, spec, _Source.single(DOMAINS_FILE))
+    _check_items(items, spec, _Source.single(ITEMS_FILE))
+    return CrossDomainData(spec=spec, interactions=pl.DataFrame(), items=items, domains=domains, path=root)
+
+
+def check_interaction_block(static: CrossDomainData, block: pl.DataFrame, name: str, first_row: int = 0) -> pl.DataFrame:
+    """Validate one block of interactions (cast to the canonical dtypes) against the static tables.
+
+    `name` is the file the block comes from and `first_row` its first row's number in that file, so an error
+    names the file and its file-local row, as `load_dataset` does.
+    """
+    source = _Source([name], np.array([-first_row], dtype=np.int64))
+    block = _check_columns(block, _all_kinds("interactions", static.spec), source, cast=True)
+    _check_interactions(block, static.items, static.spec, source, _Source.single(ITEMS_FILE))
+    return block
+
+
 def load_dataset(path: str | Path, *, columns: list[str] | None = None) -> CrossDomainData:
     """Read and validate a dataset directory.
 
@@ -531,14 +568,7 @@ def load_dataset(path: str | Path, *, columns: list[str] | None = None) -> Cross
     may lack required columns (and would then fail :func:`validate`).
     """
     root = Path(path)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a dataset directory")
-    spec = read_spec(root)
-
-    domains = _read_parquet(root / DOMAINS_FILE, DOMAINS_FILE)
-    domains = _check_columns(domains, _all_kinds("domains", spec), _Source.single(DOMAINS_FILE), cast=True)
-    items = _read_parquet(root / ITEMS_FILE, ITEMS_FILE)
-    items = _check_columns(items, _all_kinds("items", spec), _Source.single(ITEMS_FILE), cast=True)
+    spec, domains, items = _read_static(root)
 
     required = list(_table_kinds("interactions", spec))
     wanted = None if columns is None else list(dict.fromkeys([*required, *columns]))
@@ -595,10 +625,7 @@ def write_dataset(
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
     if rows_per_part is not None and rows_per_part < 1:
         raise ValueError(f"rows_per_part must be >= 1, got {rows_per_part}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(path, overwrite=overwrite, fault="dataset") as tmp:
         (tmp / SPEC_FILE).write_text(json.dumps(data.spec.model_dump(mode="json"), indent=2) + "\n")
         _write_parquet(data.domains, tmp / DOMAINS_FILE)
         _write_parquet(data.items, tmp / ITEMS_FILE)
@@ -610,28 +637,4 @@ def write_dataset(
             for i in range(n_parts):
                 chunk = data.interactions.slice(i * rows_per_part, rows_per_part)
                 _write_parquet(chunk, tmp / INTERACTIONS_DIR / f"part-{i:05d}.parquet")
-        _replace_dir(tmp, path, overwrite=overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _replace_dir(new: Path, path: Path, *, overwrite: bool) -> None:
-    """Move ``new`` to ``path``; an existing ``path`` is moved aside first and removed after."""
-    if not path.exists():
-        new.rename(path)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
-    path.rename(old)
-    try:
-        new.rename(path)
-    except BaseException:
-        old.rename(path)  # put the previous dataset back
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ class Vocab:
         self.index = {v: i + FIRST_ID for i, v in enumerate(self.values)}
         if len(self.index) != len(self.values):
             raise ValueError("vocabulary values must be unique")
+        self._mapping: pl.DataFrame | None = None  # the join table of `encode`, built on first use
 
     def __len__(self) -> int:
         """Size of the embedding table: real values plus padding and OOV."""
@@ -43,16 +44,19 @@ class Vocab:
         for v in added:
             self.index[v] = len(self.values) + FIRST_ID
             self.values.append(v)
+        if added:
+            self._mapping = None
         return added
 
     def encode(self, s: pl.Series) -> np.ndarray:
         """Vectorised lookup; unknown values map to OOV."""
-        mapping = pl.DataFrame(
-            {"key": self.values, "idx": np.arange(FIRST_ID, len(self), dtype=np.int64)},
-            schema={"key": pl.String, "idx": pl.Int64},
-        )
+        if self._mapping is None:  # built once: an out-of-core pass encodes thousands of blocks
+            self._mapping = pl.DataFrame(
+                {"key": self.values, "idx": np.arange(FIRST_ID, len(self), dtype=np.int64)},
+                schema={"key": pl.String, "idx": pl.Int64},
+            )
         frame = pl.DataFrame({"key": s.cast(pl.String)})
-        out = frame.join(mapping, on="key", how="left", maintain_order="left")["idx"].fill_null(OOV)
+        out = frame.join(self._mapping, on="key", how="left", maintain_order="left")["idx"].fill_null(OOV)
         return out.to_numpy().astype(np.int64)
 
     def lookup(self, value: object) -> int:

@@ -44,10 +44,11 @@ def _pair_key(user: np.ndarray, domain: np.ndarray) -> np.ndarray:
     return user.astype(np.int64) * 1024 + domain.astype(np.int64)
 
 
-def _subsample(idx: np.ndarray, rate: float, seed: int) -> np.ndarray:
+def _subsample(idx: np.ndarray, rate: float, seed: int, row_ids: np.ndarray | None = None) -> np.ndarray:
+    """A `rate` share of `idx`, drawn per row (by its global number `row_ids[idx]`, default `idx` itself)."""
     if rate >= 1.0:
         return idx
-    return idx[_hash_unit(idx, seed + 7) < rate]
+    return idx[_hash_unit(idx if row_ids is None else row_ids[idx], seed + 7) < rate]
 
 
 def time_split(
@@ -59,6 +60,7 @@ def time_split(
     valid_share: float,
     source_sample_rate: float = 1.0,
     seed: int = 0,
+    row_ids: np.ndarray | None = None,
 ) -> Split:
     """P1: the test period starts at `test_start`; training is everything before it.
 
@@ -75,7 +77,7 @@ def time_split(
     in_valid = _hash_unit(pair[train_target], seed) < valid_share
     valid = train_target[in_valid]
     train_target = train_target[~in_valid]
-    train_source = _subsample(np.flatnonzero(is_source & before), source_sample_rate, seed)
+    train_source = _subsample(np.flatnonzero(is_source & before), source_sample_rate, seed, row_ids)
     return Split(train_target, train_source, valid, test, test_cold)
 
 

@@ -43,35 +43,32 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dacdr.config import DataConfig
 from dacdr.data.batches import Batch, BatchGatherer
 from dacdr.data.dataset import (
-    DOMAINS_FILE,
-    ITEMS_FILE,
     REFERENCE_COLUMNS,
     CrossDomainData,
-    _all_kinds,
-    _check_columns,
-    _check_domains,
-    _check_interactions,
-    _check_items,
-    _interaction_files,
-    _read_parquet,
-    _Source,
-    read_spec,
+    DatasetSpec,
+    check_interaction_block,
+    interaction_files,
+    load_static_tables,
 )
-from dacdr.data.features import FeatureSpec, Vocab, Vocabularies, embedding_maps
+from dacdr.data.features import FeatureSpec, Vocabularies
 from dacdr.data.samples import (
     PreparedData,
-    _domain_table,
-    _feature_spec,
-    _item_table,
-    apply_embedding_maps,
-    build_vocabularies,
-    field_counts,
+    Selector,
+    TokenTables,
+    counted_fields,
+    encode_rows,
+    limit_embeddings,
+    rating_values,
     sequence_ranges,
+    source_events,
+    split_rows,
+    token_tables,
+    vocabularies,
 )
-from dacdr.data.splits import Split, _hash_unit, time_split
+from dacdr.data.splits import Split
 from dacdr.distributed.context import DistContext
 
-STREAM_FORMAT = 1
+STREAM_FORMAT = 2  # 2: event_user.npy / event_time.npy
 ROWS_PER_BUCKET = 2_000_000
 SHARD_KINDS = ("train_target", "train_source")
 SHARD_COLUMNS = ("row", "user", "domain", "item", "label", "seq_start", "seq_end")
@@ -88,7 +85,7 @@ Log = Callable[[str], None]
 def _row_groups(root: Path) -> list[tuple[Path, str, int, int]]:
     """(file, display name, row group, rows) of every interactions row group, in file order."""
     out = []
-    for file, name in _interaction_files(root):
+    for file, name in interaction_files(root):
         meta = pq.ParquetFile(file).metadata
         out += [(file, name, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
     return out
@@ -101,39 +98,12 @@ def _read_group(file: Path, group: int, columns: list[str] | None = None) -> pl.
         return pl.from_arrow(f.read_row_group(group, columns=cols))  # type: ignore[return-value]
 
 
-def _static_tables(root: Path) -> tuple[Any, pl.DataFrame, pl.DataFrame]:
-    """dataset.json, domains and items, read and validated as `load_dataset` does."""
-    spec = read_spec(root)
-    domains = _read_parquet(root / DOMAINS_FILE, DOMAINS_FILE)
-    domains = _check_columns(domains, _all_kinds("domains", spec), _Source.single(DOMAINS_FILE), cast=True)
-    _check_domains(domains, spec, _Source.single(DOMAINS_FILE))
-    items = _read_parquet(root / ITEMS_FILE, ITEMS_FILE)
-    items = _check_columns(items, _all_kinds("items", spec), _Source.single(ITEMS_FILE), cast=True)
-    _check_items(items, spec, _Source.single(ITEMS_FILE))
-    return spec, domains, items
-
-
-class _Encoder:
-    """Raw column -> vocab index, with the join table built once (Vocab.encode rebuilds it per call)."""
-
-    def __init__(self, vocab: Vocab):
-        self.mapping = pl.DataFrame(
-            {"key": vocab.values, "idx": np.arange(2, len(vocab), dtype=np.int64)},
-            schema={"key": pl.String, "idx": pl.Int64},
-        )
-
-    def __call__(self, s: pl.Series) -> np.ndarray:
-        frame = pl.DataFrame({"key": s.cast(pl.String)})
-        out = frame.join(self.mapping, on="key", how="left", maintain_order="left")["idx"].fill_null(1)
-        return out.to_numpy().astype(np.int64)
-
-
 # --------------------------------------------------------------------------------------------------
 # On-disk buckets: append-only raw column files
 # --------------------------------------------------------------------------------------------------
 
 _BUCKET_DTYPES = {
-    "row": np.int64, "user": np.int64, "domain": np.int64, "item": np.int64, "behaviour": np.int64,
+    "is_source": np.bool_, "row": np.int64, "user": np.int64, "domain": np.int64, "item": np.int64, "behaviour": np.int64,
     "label": np.float32, "timestamp": np.int64, "rating": np.int64,
     **dict.fromkeys(REFERENCE_COLUMNS, np.float32),
 }
@@ -284,6 +254,20 @@ class StreamingData:
         return ShardStream(self.directory, {k: self.shards[k] for k in _kinds(train_on)}, self.item_table,
                            self.domain_table, self.spec.max_len, batch_size, epoch_seed, ctx.rank, ctx.world)
 
+    def training_set(self, train_on: str, select: Selector | None = None) -> ShardSet:
+        if select is not None:
+            raise ValueError("this training phase selects samples in memory; use data.streaming: false")
+        _kinds(train_on)
+        return ShardSet(self, train_on)
+
+    def source_events(self) -> dict[str, np.ndarray]:
+        """The source events as `PreparedData.events` holds them: `user`, `timestamp` and one column per
+        sequence field, sorted by (user, time); memory-mapped, not loaded."""
+        tokens = self.event_tokens[1:]
+        out = {"user": np.load(self.directory / "event_user.npy", mmap_mode="r"),
+               "timestamp": np.load(self.directory / "event_time.npy", mmap_mode="r")}
+        return out | {f: tokens[:, j] for j, f in enumerate(self.spec.sequence_fields)}
+
     def train_batches(
         self, train_on: str, batch_size: int, epoch_seed: int, ctx: DistContext, num_workers: int = 0
     ) -> tuple[int, Iterator[Batch]]:
@@ -293,6 +277,22 @@ class StreamingData:
         steps = min(stream.batches_of_rank(r, max(num_workers, 1)) for r in range(ctx.world))
         loader = DataLoader(stream, batch_size=None, num_workers=num_workers)
         return steps, iter(loader)
+
+
+@dataclass
+class ShardSet:
+    """Streamed training samples: the row groups of one or both shard files."""
+
+    data: StreamingData
+    train_on: str
+
+    def __len__(self) -> int:
+        return self.data.n_train(self.train_on)
+
+    def epoch(
+        self, batch_size: int, generator: torch.Generator, ctx: DistContext, num_workers: int = 0
+    ) -> tuple[int, Iterator[Batch]]:
+        return self.data.train_batches(self.train_on, batch_size, generator.initial_seed(), ctx, num_workers)
 
 
 def _kinds(train_on: str) -> tuple[str, ...]:
@@ -392,65 +392,43 @@ class ShardStream(IterableDataset):
 # --------------------------------------------------------------------------------------------------
 
 
-def _vocabularies(root: Path, spec: Any, items: pl.DataFrame, domains: pl.DataFrame,
-                  groups: list[tuple[Path, str, int, int]]) -> Vocabularies:
-    """Pass 1: the user (and rating) vocabularies from the interactions, the rest from the small tables."""
+def _vocabularies(static: CrossDomainData, groups: list[tuple[Path, str, int, int]]) -> Vocabularies:
+    """Pass 1: the user (and rating) values of the interactions, one row group at a time."""
+    rating = static.spec.task == "rating"
     users: list[pl.Series] = []
-    labels: list[pl.Series] = []
+    ratings: list[pl.Series] = []
     for file, _, g, _ in groups:
-        df = _read_group(file, g, ["user", "label"] if spec.task == "rating" else ["user"])
+        df = _read_group(file, g, ["user", "label"] if rating else ["user"])
         users.append(df["user"].cast(pl.String).unique())
-        if spec.task == "rating":
-            labels.append(df["label"].cast(pl.Float64).round(0).cast(pl.Int64).unique())
-    user_values = pl.concat(users).unique() if users else pl.Series("user", [], pl.String)
-    label_values = pl.concat(labels).unique() if labels else pl.Series("label", [0.0])
-    # build_vocabularies reads only `user` and `label` of the interactions: give it their unique values.
-    n = max(len(user_values), len(label_values))
-    stub = pl.DataFrame({
-        "user": user_values.extend_constant(None, n - len(user_values)),
-        "label": label_values.cast(pl.Float64).extend_constant(float(label_values[0]), n - len(label_values)),
-    })
-    return build_vocabularies(CrossDomainData(spec, stub, items, domains, root))
+        if rating:
+            ratings.append(rating_values(df["label"]).unique())
+    user_values = pl.concat(users) if users else pl.Series("user", [], pl.String)
+    return vocabularies(static, user_values, pl.concat(ratings) if ratings else None)
 
 
 def _bucket_pass(
-    root: Path, spec: Any, vocabs: Vocabularies, items: pl.DataFrame, groups: list[tuple[Path, str, int, int]],
-    buckets: _Buckets, counted_sizes: dict[str, int], log: Log,
+    static: CrossDomainData, vocabs: Vocabularies, groups: list[tuple[Path, str, int, int]], buckets: _Buckets,
+    log: Log,
 ) -> dict[str, np.ndarray]:
-    """Pass 2: validate, encode and bucket every row group; returns per-index counts for frequency limits."""
-    kinds = _all_kinds("interactions", spec)
-    enc = {f: _Encoder(vocabs[f]) for f in ("user", "domain", "item", "behaviour")}
-    rating_enc = _Encoder(vocabs["rating"]) if spec.task == "rating" else None
-    counts = {f: np.zeros(n, dtype=np.int64) for f, n in counted_sizes.items()}
+    """Pass 2: validate, encode and bucket every row group; returns `counted_fields` of the whole dataset."""
+    counts: dict[str, np.ndarray] = {}
     offset, file_offset, last_file = 0, 0, None
     columns: list[str] | None = None
     t0 = time.perf_counter()
     for i, (file, name, g, _) in enumerate(groups):
         if file != last_file:
             file_offset, last_file = 0, file
-        df = _read_group(file, g)
         # Row numbers in error messages are file-local, as in load_dataset.
-        source = _Source([name], np.array([-file_offset], dtype=np.int64))
-        df = _check_columns(df, kinds, source, cast=True)
+        df = check_interaction_block(static, _read_group(file, g), name, file_offset)
         if columns is None:
             columns = df.columns
         elif df.columns != columns:
             raise ValueError(f"{name}: columns {df.columns} differ from the first part's {columns}")
-        _check_interactions(df, items, spec, source, _Source.single(ITEMS_FILE))
-        arrays = {
-            "row": np.arange(offset, offset + df.height, dtype=np.int64),
-            **{f: e(df[f]) for f, e in enc.items()},
-            "label": df["label"].to_numpy().astype(np.float32),
-            "timestamp": df["timestamp"].to_numpy().astype(np.int64),
-        }
-        for col in (c for c in REFERENCE_COLUMNS if c in buckets.columns):
-            arrays[col] = df[col].fill_null(np.nan).to_numpy().astype(np.float32)
-        if rating_enc is not None:
-            arrays["rating"] = rating_enc(df["label"].round(0).cast(pl.Int64))
-        counted = arrays["timestamp"] < spec.test_start if spec.test_start is not None else slice(None)
-        for f, c in counts.items():
-            c += np.bincount(arrays[f][counted], minlength=len(c))
-        buckets.append(arrays)
+        rows = encode_rows(df, vocabs, static.spec)
+        rows["row"] = np.arange(offset, offset + df.height, dtype=np.int64)
+        for f, c in counted_fields(rows, vocabs, static.spec).items():
+            counts[f] = counts[f] + c if f in counts else c
+        buckets.append(rows)
         offset += df.height
         file_offset += df.height
         if (i + 1) % 20 == 0:
@@ -459,29 +437,20 @@ def _bucket_pass(
 
 
 def _bucket_samples(
-    arrays: dict[str, np.ndarray], spec: Any, fspec: FeatureSpec, item_table: np.ndarray,
-    maps: dict[str, np.ndarray], source_idx: int, options: dict[str, Any], event_offset: int,
-) -> tuple[np.ndarray, dict[str, np.ndarray], Split]:
-    """One bucket: its event tokens (sorted by user, time), sequence ranges (global) and split (local)."""
-    is_source = arrays["domain"] == source_idx
-    ev_rows = np.flatnonzero(is_source)
-    order = ev_rows[np.lexsort((arrays["timestamp"][ev_rows], arrays["user"][ev_rows]))]
-    cols = [item_table[arrays["item"][order], j] for j in range(len(fspec.item_fields))]
-    for f in fspec.sequence_fields[len(fspec.item_fields):]:
-        col = arrays[f][order]
-        cols.append(maps[f][col] if f in maps else col)
-    tokens = np.stack(cols, axis=1).astype(np.int32) if cols else np.zeros((0, 0), np.int32)
-    start, end = sequence_ranges(arrays["user"][order], arrays["timestamp"][order], arrays["user"],
-                                 arrays["timestamp"], fspec.max_len)
-    arrays["seq_start"], arrays["seq_end"] = start + event_offset, end + event_offset
-    seed, rate = options["seed"], options["source_sample_rate"]
-    # Every rule of the time split is per (user, domain) or per row: exact bucket by bucket.
-    split = time_split(arrays["user"], arrays["domain"], arrays["timestamp"], is_source, spec.test_start,
-                       options["valid_share"], 1.0, seed)
-    if rate < 1.0:  # the in-memory rule (splits._subsample), on global row numbers
-        keep = _hash_unit(arrays["row"][split.train_source], seed + 7) < rate
-        split.train_source = split.train_source[keep]
-    return tokens, arrays, split
+    rows: dict[str, np.ndarray], spec: DatasetSpec, tables: TokenTables, options: dict[str, Any], event_offset: int,
+) -> tuple[np.ndarray, dict[str, np.ndarray], Split, np.ndarray]:
+    """One bucket: its event tokens (sorted by user, time), sequence ranges (global), split (local) and the
+    order of its source rows as events."""
+    rows["is_source"] = rows["is_source"].astype(bool)
+    order, columns = source_events(rows, tables)
+    cols = [columns[f] for f in tables.spec.sequence_fields]
+    tokens = np.stack(cols, axis=1).astype(np.int32) if len(order) else np.zeros((0, len(cols)), np.int32)
+    start, end = sequence_ranges(rows["user"][order], rows["timestamp"][order], rows["user"],
+                                 rows["timestamp"], tables.spec.max_len)
+    rows["seq_start"], rows["seq_end"] = start + event_offset, end + event_offset
+    split = split_rows(rows, spec, "time", options["valid_share"], options["cold_start_share"],
+                       options["source_sample_rate"], options["seed"], row_ids=rows["row"])
+    return tokens, rows, split, order
 
 
 def build_streaming(path: str | Path, out: Path, data: DataConfig, log: Log = print) -> None:
@@ -498,54 +467,49 @@ def build_streaming(path: str | Path, out: Path, data: DataConfig, log: Log = pr
 
 def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> None:
     t0 = time.perf_counter()
-    spec, domains, items = _static_tables(root)
+    static = load_static_tables(root)
+    spec = static.spec
     if spec.test_start is None:
         raise ValueError(f"dataset {spec.name!r} has no test_start: the time protocol (P1) needs one")
     groups = _row_groups(root)
     n_rows = sum(g[3] for g in groups)
-    vocabs = _vocabularies(root, spec, items, domains, groups)
-    static = CrossDomainData(spec, pl.DataFrame(), items, domains, root)
-    fspec = _feature_spec(static, vocabs, options["max_len"])
-    item_table = _item_table(static, vocabs, fspec.item_fields)
-    domain_table = _domain_table(static, vocabs, fspec.domain_fields)
+    vocabs = _vocabularies(static, groups)
+    tables = token_tables(static, vocabs, options["max_len"])
     log(f"vocabularies: {len(vocabs['user']):,} users, {len(vocabs['item']):,} items "
         f"({time.perf_counter() - t0:.1f}s)")
 
     present = set(pq.ParquetFile(groups[0][0]).schema_arrow.names) if groups else set()
-    columns = ["row", "user", "domain", "item", "behaviour", "label", "timestamp"]
+    columns = ["row", "user", "domain", "item", "behaviour", "label", "timestamp", "is_source"]
     columns += [c for c in REFERENCE_COLUMNS if c in present]
     columns += ["rating"] if spec.task == "rating" else []
     n_buckets = options["sort_buckets"] or max(1, math.ceil(n_rows / ROWS_PER_BUCKET))
     buckets = _Buckets(out / "buckets", n_buckets, columns)
-    counted = {f: len(vocabs[f]) for f in ("item", "domain", "behaviour")}
-    if spec.task == "rating":
-        counted["rating"] = len(vocabs["rating"])
     try:
-        base = _bucket_pass(root, spec, vocabs, items, groups, buckets, counted, log)
+        base = _bucket_pass(static, vocabs, groups, buckets, log)
     finally:
         buckets.close()
     t_bucket = time.perf_counter()
     log(f"bucketed {n_rows:,} rows into {n_buckets} buckets ({t_bucket - t0:.1f}s)")
+    limit_embeddings(tables, vocabs, base, options["min_count"], options["hash_buckets"])
+    fspec, maps = tables.spec, tables.maps
 
-    maps: dict[str, np.ndarray] = {}
-    if options["min_count"] or options["hash_buckets"]:
-        counts = field_counts(base, item_table, domain_table, fspec)
-        maps = embedding_maps(vocabs, fspec.fields, counts, options["min_count"], options["hash_buckets"])
-        fspec = apply_embedding_maps(maps, fspec, item_table, domain_table)
-
-    source_idx = vocabs["domain"].lookup(spec.source_domain)
-    n_events = int(sum(np.count_nonzero(np.fromfile(out / "buckets" / f"{b:05d}.domain", np.int64) == source_idx)
+    n_events = int(sum(np.count_nonzero(np.fromfile(out / "buckets" / f"{b:05d}.is_source", np.bool_))
                        for b in range(n_buckets)))
     events = np.lib.format.open_memmap(out / "events.npy", mode="w+", dtype=np.int32,
                                        shape=(n_events + 1, len(fspec.sequence_fields)))
     events[0] = 0
+    # Who and when of each event (not needed to train; a package's history store reads them).
+    event_user = np.lib.format.open_memmap(out / "event_user.npy", mode="w+", dtype=np.int64, shape=(n_events,))
+    event_time = np.lib.format.open_memmap(out / "event_time.npy", mode="w+", dtype=np.int64, shape=(n_events,))
     writers = {k: _ShardWriter(out / f"{k}.parquet", options["shard_rows"]) for k in SHARD_KINDS}
     eval_parts: dict[str, list[dict[str, np.ndarray]]] = {"valid": [], "test": []}
     offset = 0
     for b in range(n_buckets):
         arrays = buckets.load(b)
-        tokens, arrays, split = _bucket_samples(arrays, spec, fspec, item_table, maps, source_idx, options, offset)
+        tokens, arrays, split, order = _bucket_samples(arrays, spec, tables, options, offset)
         events[1 + offset : 1 + offset + len(tokens)] = tokens
+        event_user[offset : offset + len(tokens)] = arrays["user"][order]
+        event_time[offset : offset + len(tokens)] = arrays["timestamp"][order]
         offset += len(tokens)
         rng = np.random.default_rng([options["seed"], b])
         for kind, idx in (("train_target", split.train_target), ("train_source", split.train_source)):
@@ -555,8 +519,9 @@ def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> N
         eval_parts["valid"].append({c: arrays[c][split.valid] for c in keep})
         eval_parts["test"].append({c: arrays[c][split.test] for c in keep} | {"test_cold": split.test_cold})
         buckets.remove(b)
-    events.flush()
-    del events
+    for table in (events, event_user, event_time):
+        table.flush()
+    del events, event_user, event_time
     shutil.rmtree(out / "buckets", ignore_errors=True)
     shards = {k: w.close() for k, w in writers.items()}
     label_sum = {k: w.label_sum for k, w in writers.items()}
@@ -571,7 +536,7 @@ def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> N
     for c in parts["valid"]:
         eval_arrays[c] = np.concatenate([parts["valid"][c], parts["test"][c]])
     np.savez(out / "eval.npz", **eval_arrays, test_cold=parts["test"]["test_cold"])
-    np.savez(out / "tables.npz", item_table=item_table, domain_table=domain_table,
+    np.savez(out / "tables.npz", item_table=tables.item_table, domain_table=tables.domain_table,
              **{f"embmap_{k}": v for k, v in maps.items()})
     vocabs.save(out / "vocabs.json")
     (out / "feature_spec.json").write_text(fspec.model_dump_json(indent=1))

@@ -33,11 +33,11 @@ from torch import nn
 from dacdr.data.features import FIRST_ID, FeatureSpec
 from dacdr.models.base import RecModel
 from dacdr.models.multidomain import domain_slots, pick
+from dacdr.models.phase import Phase
 from dacdr.models.registry import register
 
 if TYPE_CHECKING:
     from dacdr.data.samples import PreparedData
-    from dacdr.training.trainer import Phase
 
 
 # ----------------------------------------------------------------------------------- sample selectors
@@ -154,7 +154,6 @@ class BridgeModel(RecModel):
 
     def pretraining_phases(self) -> list[Phase]:
         """Stages 1 and 2: factorise each domain on its own (no validation: it scores the bridge)."""
-        from dacdr.training.trainer import Phase
 
         shared = ("domain_bias", "out.")
         return [
@@ -194,7 +193,6 @@ class EMCDR(BridgeModel):
         return F.mse_loss(self.bridge(source, slot), target)
 
     def phases(self) -> list[Phase]:
-        from dacdr.training.trainer import Phase
 
         return [*self.pretraining_phases(),
                 Phase("bridge", "targets", select=overlapping_users_once, loss=self.bridge_loss,

@@ -17,8 +17,6 @@ reads a per-user list in file order). Inputs: user id, item id and the item ids 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
@@ -26,10 +24,8 @@ from dacdr.data.features import FeatureSpec
 from dacdr.models.emcdr import BridgeModel, name_starts, overlapping_rows
 from dacdr.models.layers import _MASKED
 from dacdr.models.multidomain import pick
+from dacdr.models.phase import Phase
 from dacdr.models.registry import register
-
-if TYPE_CHECKING:
-    from dacdr.training.trainer import Phase
 
 
 @register("PTUPCDR")
@@ -56,7 +52,6 @@ class PTUPCDR(BridgeModel):
         return torch.bmm(self.source_user(user).unsqueeze(1), bridge).squeeze(1)
 
     def phases(self) -> list[Phase]:
-        from dacdr.training.trainer import Phase
 
         # The meta phase's forward is the deployed one, so the ordinary task loss trains the meta network.
         return [*self.pretraining_phases(),

@@ -32,11 +32,11 @@ from dacdr.models.base import RecModel
 from dacdr.models.emcdr import BridgeModel, last_row_per_user_domain, name_starts, overlapping_rows, tanh_mlp
 from dacdr.models.layers import masked_mean
 from dacdr.models.multidomain import pick
+from dacdr.models.phase import Phase
 from dacdr.models.registry import register
 
 if TYPE_CHECKING:
     from dacdr.data.samples import PreparedData
-    from dacdr.training.trainer import Phase
 
 
 def unit_ball(x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,6 @@ class SSCDR(BridgeModel):
         return loss
 
     def phases(self) -> list[Phase]:
-        from dacdr.training.trainer import Phase
 
         return [*self.pretraining_phases(),
                 Phase("bridge", "source+targets", select=source_users_and_overlap, loss=self.bridge_loss,

@@ -34,8 +34,6 @@ Inputs: user id and item id only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,10 +43,8 @@ from dacdr.data.features import FeatureSpec
 from dacdr.models.base import RecModel
 from dacdr.models.emcdr import BridgeModel, name_starts, overlapping_rows, tanh_mlp
 from dacdr.models.multidomain import pick
+from dacdr.models.phase import Phase
 from dacdr.models.registry import register
-
-if TYPE_CHECKING:
-    from dacdr.training.trainer import Phase
 
 META = "meta_bridges."
 
@@ -113,7 +109,6 @@ class TMCDR(BridgeModel):
         return torch.stack(losses).mean()
 
     def phases(self) -> list[Phase]:
-        from dacdr.training.trainer import Phase
 
         return [*self.pretraining_phases(),
                 Phase("meta", "targets", select=overlapping_rows, loss=self.meta_loss,

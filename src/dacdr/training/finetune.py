@@ -38,8 +38,9 @@ from dacdr.data.samples import PreparedData
 from dacdr.data.splits import Split
 from dacdr.evaluation import per_domain_metrics, predict
 from dacdr.models import RecModel, create_model
+from dacdr.models.phase import Phase
 from dacdr.training.checkpoint import load_model
-from dacdr.training.trainer import Phase, Trainer
+from dacdr.training.trainer import Trainer
 
 FINETUNE_REPORT = "finetune.json"
 
@@ -174,7 +175,7 @@ class FinetuneTrainer(Trainer):
     def phases(self) -> list[Phase]:
         return [Phase("finetune", "targets", trainable=lambda n: n in self.masks)]
 
-    def _init_output_bias(self, idx: np.ndarray) -> None:
+    def _init_output_bias(self) -> None:
         """The output layer is frozen: keep the base model's bias."""
 
 

@@ -15,8 +15,6 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,40 +26,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dacdr import metrics
 from dacdr.config import TrainConfig
 from dacdr.data.batches import Batch, BatchGatherer
-from dacdr.data.samples import PreparedData
-from dacdr.data.streaming import StreamingData
+from dacdr.data.protocol import TrainingData, TrainingSet
 from dacdr.distributed.context import DistContext, all_gather_concat, all_reduce_sum, barrier, current, rank_slice
 from dacdr.distributed.memory import table_memory_report
 from dacdr.evaluation import reference_reports, score_metrics, test_report
 from dacdr.models import RecModel
+from dacdr.models.phase import Phase
 from dacdr.training.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 
 if TYPE_CHECKING:
     from dacdr.distributed.sharded import ShardedEmbeddings
-
-
-@dataclass
-class Phase:
-    """One stage of training: which samples, which parameters, how many epochs.
-
-    Single-stage models use one phase; staged models (pre-train, bridge, meta-learn) return several from
-    `RecModel.phases()`, and the trainer runs them in order. Before a phase starts the trainer calls
-    `model.set_phase(name)` when the model has it (and `set_phase(None)` after the last phase), so a model
-    may route its *training* forward by phase; evaluation always scores the model as deployed.
-    """
-
-    name: str
-    train_on: str = "targets"
-    epochs: int | None = None
-    trainable: Callable[[str], bool] | None = None
-    """parameter name -> trained in this phase; None trains all"""
-    early_stopping: bool = True
-    select: Callable[[PreparedData, np.ndarray], np.ndarray] | None = None
-    """narrows the `train_on` sample indices, e.g. to one row per overlapping user (bridge phases)"""
-    loss: Callable[[RecModel, Batch], torch.Tensor] | None = None
-    """replaces the task loss (BCE / MSE on labels), e.g. the MSE between mapped and target embeddings"""
-    lr: float | None = None
-    """learning rate of this phase; None: the config's"""
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -83,14 +57,14 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     def __init__(
         self,
-        prepared: PreparedData | StreamingData,
+        data: TrainingData,
         model: RecModel,
         model_name: str,
         cfg: TrainConfig,
         run_dir: str | Path,
         console: Console | None = None,
     ):
-        self.prepared, self.model, self.model_name, self.cfg = prepared, model, model_name, cfg
+        self.data, self.model, self.model_name, self.cfg = data, model, model_name, cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = console or Console(stderr=True)
@@ -98,13 +72,9 @@ class Trainer:
         self.dist: DistContext = current()
         if not self.dist.distributed:
             self.dist = dataclasses.replace(self.dist, device=resolve_device(cfg.device))
-        self.stream = prepared if isinstance(prepared, StreamingData) else None
-        if self.stream is not None:
-            # Training samples stay on disk and are streamed; validation/test rows (a small share) are here.
-            self.prepared = prepared = self.stream.eval_view()
-            self.gatherer: BatchGatherer = self.stream.eval_gatherer()
-        else:
-            self.gatherer = BatchGatherer(prepared)
+        # Validation and test samples (in memory whatever the kind of data; a small share when streamed).
+        self.prepared = data.eval_view()
+        self.gatherer: BatchGatherer = data.eval_gatherer()
         self.sharded: ShardedEmbeddings | None = None
         """train.embeddings=torchrec: the tables live sharded in `self.sharded.dmp`, `self.model` is the dense part"""
         if cfg.embeddings == "torchrec":  # before `.to(device)`: the full tables never go to the device
@@ -116,7 +86,7 @@ class Trainer:
         self.model.to(self.dist.device)
         self.net: torch.nn.Module = model if self.sharded is None else self.sharded.dmp
         """what the training forward runs through: the DDP (or TorchRec DMP) wrapper, else the model"""
-        self.task = prepared.spec.task
+        self.task = data.spec.task
         self.higher_is_better = self.task == "ctr"
         self.loss_fn = torch.nn.BCEWithLogitsLoss() if self.task == "ctr" else torch.nn.MSELoss()
 
@@ -135,19 +105,6 @@ class Trainer:
         if callable(custom):
             return custom()
         return [Phase("main", self.cfg.train_on or self.model.train_on)]
-
-    def training_indices(self, train_on: str) -> np.ndarray:
-        if self.stream is not None:
-            # The samples stay on disk; a zero-stride placeholder carries their count without memory.
-            return np.broadcast_to(np.int64(0), (self.stream.n_train(train_on),))
-        split = self.prepared.split
-        if train_on == "targets":
-            return split.train_target
-        if train_on == "source":
-            return split.train_source
-        if train_on == "source+targets":
-            return np.concatenate([split.train_target, split.train_source])
-        raise ValueError(f"unknown train_on {train_on!r}")
 
     def validation_score(self) -> tuple[float, dict[str, float]]:
         idx = self.prepared.split.valid
@@ -169,11 +126,8 @@ class Trainer:
             return "rmse"
         return "auc (mean over targets)" if score == vm.get("auc_domain_mean") and score != vm["auc"] else "auc"
 
-    def _init_output_bias(self, idx: np.ndarray) -> None:
-        if self.stream is not None:
-            mean = self.stream.label_mean("targets")
-        else:
-            mean = float(self.prepared.samples["label"][idx].mean()) if len(idx) else 0.5
+    def _init_output_bias(self) -> None:
+        mean = self.data.label_mean("targets")
         value = math.log(max(mean, 1e-4) / max(1 - mean, 1e-4)) if self.task == "ctr" else mean
         with torch.no_grad():
             for layer in self.model.output_layers():
@@ -272,19 +226,6 @@ class Trainer:
         return DistributedDataParallel(self.model, device_ids=device_ids,
                                        find_unused_parameters=self.cfg.find_unused_parameters)
 
-    def _epoch_batches(self, phase: Phase, idx: np.ndarray, gen: torch.Generator) -> tuple[int, Any]:
-        """(steps, batches) of this rank for one epoch; the same number of steps on every rank."""
-        cfg = self.cfg
-        if self.stream is not None:
-            return self.stream.train_batches(phase.train_on, cfg.batch_size, gen.initial_seed(), self.dist,
-                                             cfg.num_workers)
-        # One shuffle for all ranks (same generator), then an equal contiguous part each; in one process this
-        # is exactly the former `iterate(idx, shuffle=True)` order.
-        idx = idx[torch.randperm(len(idx), generator=gen).numpy()]
-        per_rank = len(idx) // self.dist.world
-        idx = idx[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
-        return math.ceil(len(idx) / cfg.batch_size), self.gatherer.iterate(idx, cfg.batch_size)
-
     def _better(self, a: float, b: float | None) -> bool:
         if b is None or math.isnan(b):
             return not math.isnan(a)
@@ -314,12 +255,11 @@ class Trainer:
         phases = self.phases()
         for p_i in range(state["phase"], len(phases)):
             phase = phases[p_i]
-            idx = self.training_indices(phase.train_on)
-            if phase.select is not None:
-                if self.stream is not None:
-                    raise ValueError(f"phase {phase.name!r} selects samples in memory; use data.streaming: false")
-                idx = phase.select(self.prepared, idx)
-            if len(idx) == 0:
+            try:
+                train_set = self.data.training_set(phase.train_on, phase.select)
+            except ValueError as e:
+                raise ValueError(f"phase {phase.name!r}: {e}") from e
+            if len(train_set) == 0:
                 raise ValueError(f"phase {phase.name!r}: no training samples for train_on={phase.train_on!r}")
             self._set_phase(phase.name)
             params = [p for n, p in self.model.named_parameters() if phase.trainable is None or phase.trainable(n)]
@@ -331,12 +271,12 @@ class Trainer:
                 self._load_optimizer(opt, blob["optimizer"])
                 torch.set_rng_state(blob["rng"])
             elif state["epoch"] == 0 and p_i == 0:
-                self._init_output_bias(self.training_indices("targets"))
+                self._init_output_bias()
             epochs = phase.epochs or cfg.epochs
             while state["epoch"] < epochs:
                 # The shuffle order depends only on (seed, phase, epoch), so a resumed run replays exactly.
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + p_i * 1009 + state["epoch"])
-                record = self._train_epoch(phase, idx, opt, gen, state["epoch"])
+                record = self._train_epoch(phase, train_set, opt, gen, state["epoch"])
                 state["epoch"] += 1
                 if phase.early_stopping:
                     score, vm = self.validation_score()
@@ -385,11 +325,13 @@ class Trainer:
         return state["history"]
 
     def _train_epoch(
-        self, phase: Phase, idx: np.ndarray, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int
+        self, phase: Phase, train_set: TrainingSet, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int
     ) -> dict[str, Any]:
         cfg, model = self.cfg, self.model
         model.train()
-        n_batches, batches = self._epoch_batches(phase, idx, gen)
+        # The shuffle depends only on the generator: in one process the order of the former
+        # `BatchGatherer.iterate(idx, shuffle=True)`, so results did not move when this was refactored.
+        n_batches, batches = train_set.epoch(cfg.batch_size, gen, self.dist, cfg.num_workers)
         if cfg.max_steps_per_epoch:
             n_batches = min(n_batches, cfg.max_steps_per_epoch)
         total_loss, seen, t0 = 0.0, 0, time.perf_counter()
