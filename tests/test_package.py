@@ -12,7 +12,7 @@ import torch
 from dacdr.data.dataset import read_spec
 from dacdr.package import MANIFEST, PackageError, build_package, load_package, run_prepared
 from dacdr.training.checkpoint import load_model
-from tests.serving.helpers import train_tiny_run
+from tests.serving.helpers import train_run, train_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,23 @@ def test_mismatched_but_consistently_checksummed_file_is_named(package, tmp_path
     (pkg / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=r"vocabs.json: sizes do not match model.json"):
         load_package(pkg)
+
+
+def test_a_run_trained_on_streamed_data_packages_with_the_same_store(run_dir, package, handmade_path, tmp_path):
+    """`data.streaming: true` prepares out of core; its run packages like any other, and the history store
+    (read from the memory-mapped events) equals the in-memory run's."""
+    import yaml
+
+    from dacdr.config import RunConfig
+
+    cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"streaming": True, "cache_dir": str(tmp_path)})})
+    stream_run = tmp_path / "stream-run"
+    train_run(cfg, run_dir=stream_run)
+    streamed = load_package(build_package(stream_run, tmp_path / "pkg", log=lambda *_: None))
+    memory = load_package(package)
+    assert streamed.store.n_users == memory.store.n_users > 0
+    np.testing.assert_array_equal(streamed.item_table, memory.item_table)
+    for user in memory.vocabs["user"].values[:50]:
+        a, b = streamed.store.history(user), memory.store.history(user)
+        assert (a is None and b is None) or np.array_equal(a, b), user

@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dacdr.data.features import FIRST_ID, OOV, Vocabularies
-from dacdr.data.samples import PreparedData
+from dacdr.data.protocol import TrainingData
 from dacdr.fsutil import atomic_dir, recover_dir, remove_stale_temps, sha256_file
 from dacdr.models import RecModel
 from dacdr.training.checkpoint import CheckpointError, load_model, save_model
@@ -137,10 +137,10 @@ class HistoryStore:
 
     @staticmethod
     def build(
-        path: Path, prepared: PreparedData, history_len: int, before: int | None
+        path: Path, prepared: TrainingData, history_len: int, before: int | None
     ) -> int:
         """Write the store from the prepared source events with timestamp < `before`; returns users stored."""
-        spec, ev = prepared.spec, prepared.events
+        spec, ev = prepared.spec, prepared.source_events()
         keep = np.ones(len(ev["user"]), dtype=bool) if before is None else ev["timestamp"] < before
         users = ev["user"][keep]
         tokens = np.stack([ev[f][keep] for f in spec.sequence_fields], axis=1).astype(np.int32)
@@ -205,7 +205,7 @@ class ModelPackage:
         return None
 
 
-def run_prepared(run_dir: Path, log=print) -> tuple[PreparedData, Path]:
+def run_prepared(run_dir: Path, log=print) -> tuple[TrainingData, Path]:
     """The prepared data of a run, with the run's own vocabularies when it has them (fine-tuned runs).
 
     Returns it with the dataset directory it came from.
@@ -225,7 +225,7 @@ def run_prepared(run_dir: Path, log=print) -> tuple[PreparedData, Path]:
     return prepared, dataset_path(cfg.data)
 
 
-def domain_registry(prepared: PreparedData) -> list[dict[str, Any]]:
+def domain_registry(prepared: TrainingData) -> list[dict[str, Any]]:
     spec, vocabs = prepared.spec, prepared.vocabs
     out = []
     for name in [spec.source_domain, *spec.target_domains]:
@@ -238,7 +238,7 @@ def domain_registry(prepared: PreparedData) -> list[dict[str, Any]]:
     return out
 
 
-def item_pool_tensors(data_dir: Path, prepared: PreparedData) -> dict[str, torch.Tensor]:
+def item_pool_tensors(data_dir: Path, prepared: TrainingData) -> dict[str, torch.Tensor]:
     """Each domain's item pool (`items.parquet`) as CSR over domain indices: `pool_offsets`, `pool_items`."""
     import polars as pl
 
