@@ -99,7 +99,10 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     patience: int = Field(2, ge=0, description="epochs without validation improvement before stopping")
     seed: int = 0
-    num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
+    num_threads: int | None = Field(
+        None, gt=0, description="torch intra-op threads; default: --threads, else OMP_NUM_THREADS, else this "
+        "process's share of the cores minus the threads other processes run now (logged at start)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="single-process training device; 'auto': CUDA when available (a distributed run "
         "places each rank itself)"

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -47,6 +46,7 @@ from dacdr.data.protocol import TrainingData
 from dacdr.fsutil import atomic_dir, recover_dir, remove_stale_temps, sha256_file
 from dacdr.models import RecModel
 from dacdr.training.checkpoint import CheckpointError, load_model, save_model
+from dacdr.training.rundir import RunDir
 
 PACKAGE_SCHEMA = 2
 """2: `checksum` covers every manifest field, exports are listed (1: it covered the file list only)"""
@@ -210,18 +210,16 @@ def run_prepared(run_dir: Path, log=print) -> tuple[TrainingData, Path]:
 
     Returns it with the dataset directory it came from.
     """
-    from dacdr.config import RunConfig
     from dacdr.data.prepare import dataset_path, prepare
 
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path}: missing; is {run_dir} a run directory?")
-    cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
+    run = RunDir(run_dir)
+    cfg = run.read_config()
     prepared = prepare(cfg.data)
-    if (run_dir / VOCABS).is_file():
+    own = run.vocabularies()
+    if own is not None:
         from dacdr.training.finetune import align_to_vocabularies
 
-        prepared = align_to_vocabularies(prepared, Vocabularies.load(run_dir / VOCABS))
+        prepared = align_to_vocabularies(prepared, own)  # type: ignore[arg-type]
     return prepared, dataset_path(cfg.data)
 
 
@@ -282,8 +280,7 @@ def build_package(
                    "domain_table": torch.from_numpy(prepared.domain_table.astype(np.int64)),
                    **item_pool_tensors(data_dir, prepared)}, str(tmp / TABLES))
         (tmp / DOMAINS).write_text(json.dumps(domain_registry(prepared), indent=1))
-        results = run_dir / "results.json"
-        metrics = json.loads(results.read_text()) if results.is_file() else {}
+        metrics = RunDir(run_dir).read_results()
         metrics.pop("history", None)
         (tmp / METRICS).write_text(json.dumps(metrics, indent=1))
         before = read_spec(data_dir).test_start  # the store never holds test-period behaviours

@@ -20,18 +20,17 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="1 seed, smaller world, few steps: a few minutes")] = False,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("bench-out"),
     models: Annotated[str | None, typer.Option(help="comma-separated subset of models (default: all rows)")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads with --jobs 1 (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads with --jobs 1 (default: the free share of the cores, logged)")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="runs at once, one process and one torch thread each")] = 2,
     epochs: Annotated[int | None, typer.Option(min=1, help="epochs per phase instead of the budget's 2 "
                                                 "(early stopping still applies)")] = None,
 ) -> None:
     """Train every Table 2 model on identical data per seed; write table.md, results.csv, metrics.json, a PNG."""
-    import torch
 
     from dacdr.bench import bench_settings, run_bench
+    from dacdr.training.threads import set_default_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_default_threads(threads)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     settings = bench_settings(preset, seeds=seeds, quick=quick, jobs=jobs)
     if epochs:

@@ -18,16 +18,15 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="1 seed, smaller data: about a minute")] = False,
     seeds: Annotated[int, typer.Option(min=1, help="model seeds (ignored with --quick)")] = 3,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("demo-out"),
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: the free share of the cores, logged)")] = None,
     preset: Annotated[str, typer.Option(help="synthetic preset; `tiny` makes a seconds-long smoke run")] = "demo",
 ) -> None:
     """Generate the synthetic demo world, train DACDR, its ablations and DNN-multi, report vs the oracle."""
-    import torch
 
     from dacdr.demo import run_demo
+    from dacdr.training.threads import set_default_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_default_threads(threads)
     run_demo(out, seeds=seeds, quick=quick, console=console, preset=preset)
 
 

@@ -28,15 +28,14 @@ def experiment(
     quick: Annotated[bool, typer.Option("--quick", help="smoke run: 1 seed, 1 beta, 1 short epoch")] = False,
     out: Annotated[Path | None, typer.Option(help="output directory (default runs/experiments/<name>)")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="fill a {name} in data paths: name=value")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: the free share of the cores, logged)")] = None,
 ) -> None:
     """Run an experiment on real data: convert, split per beta and seed, train the models, report."""
-    import torch
 
     from dacdr.experiment import load_experiment, run_experiment
+    from dacdr.training.threads import set_default_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_default_threads(threads)
     cfg = load_experiment(config, _params(param))
     run_experiment(cfg, out or Path("runs/experiments") / cfg.name, seeds=seeds, quick=quick, console=console)
 

@@ -12,7 +12,6 @@ learning the targets' base rates), else the AUC.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -32,16 +31,12 @@ from dacdr.distributed.memory import table_memory_report
 from dacdr.evaluation import reference_reports, score_metrics, test_report
 from dacdr.models import RecModel
 from dacdr.models.phase import Phase
-from dacdr.training.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from dacdr.training.checkpoint import load_checkpoint, save_checkpoint
+from dacdr.training.rundir import RunDir
+from dacdr.training.threads import choose_threads
 
 if TYPE_CHECKING:
     from dacdr.distributed.sharded import ShardedEmbeddings
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,8 +60,9 @@ class Trainer:
         console: Console | None = None,
     ):
         self.data, self.model, self.model_name, self.cfg = data, model, model_name, cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = RunDir(run_dir)
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.run_dir = self.run.path
         self.console = console or Console(stderr=True)
         # Distributed (DDP) when launched by torchrun / `dacdr train --nproc`: rank 0 alone writes files.
         self.dist: DistContext = current()
@@ -95,8 +91,7 @@ class Trainer:
         """`msg` to the console (when progress is on) and the run's log; `detail`, if given, to the log instead."""
         if not self.dist.is_main:
             return
-        with open(self.run_dir / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {detail or msg}\n")
+        self.run.log(detail or msg)
         if self.cfg.progress:
             self.console.print(msg)
 
@@ -235,9 +230,11 @@ class Trainer:
     def fit(self, resume: bool = True) -> list[dict[str, Any]]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        resume_dir = self.run_dir / "resume"
+        if self.dist.device.type == "cpu":
+            threads, why = choose_threads(cfg.num_threads, self.dist.local_world)
+            torch.set_num_threads(threads)
+            self.log(f"torch threads: {threads} ({why})")
+        resume_dir = self.run.resume_dir
         saved = load_checkpoint(resume_dir, self.log) if resume else None
         state: dict[str, Any] = {"phase": 0, "epoch": 0, "best": None, "bad_epochs": 0, "history": [],
                                  "done": False}
@@ -286,7 +283,7 @@ class Trainer:
                     if improved:
                         state["best"], state["bad_epochs"] = score, 0
                         if self.dist.is_main:
-                            save_model(ckpt, self.model_name, self.run_dir)
+                            self.run.save_model(ckpt, self.model_name)
                     else:
                         state["bad_epochs"] += 1
                     self.log(f"[{phase.name}] epoch {state['epoch']}: loss {record['loss']:.4f}, "
@@ -297,7 +294,7 @@ class Trainer:
                     ckpt = self._checkpoint_model()
                 opt_view = self._optimizer_view(opt)
                 if self.dist.is_main:  # checkpoints are written once, by rank 0, each as one unit
-                    _write_atomic(self.run_dir / "history.json", json.dumps(state["history"], indent=1))
+                    self.run.write_history(state["history"])
                     save_checkpoint(resume_dir, ckpt, self.model_name, opt_view, state)
                 barrier(self.dist)
                 if phase.early_stopping and state["bad_epochs"] > cfg.patience:
@@ -306,11 +303,11 @@ class Trainer:
             if not phase.early_stopping:
                 ckpt = self._checkpoint_model()
                 if self.dist.is_main:
-                    save_model(ckpt, self.model_name, self.run_dir)
+                    self.run.save_model(ckpt, self.model_name)
                 barrier(self.dist)
-            elif (self.run_dir / "model.safetensors").exists():
+            elif self.run.has_model():
                 # Later phases start from the best weights of this one.
-                self._load_weights(load_model(self.run_dir)[0].state_dict())
+                self._load_weights(self.run.load_model()[0].state_dict())
             state |= {"phase": p_i + 1, "epoch": 0, "best": None, "bad_epochs": 0}
             saved = None
         self._set_phase(None)
@@ -366,13 +363,13 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Test metrics of the best checkpoint, written to `results.json`."""
         barrier(self.dist)
-        if (self.run_dir / "model.safetensors").exists():
-            self._load_weights(load_model(self.run_dir)[0].state_dict())
+        if self.run.has_model():
+            self._load_weights(self.run.load_model()[0].state_dict())
         split = self.prepared.split
         preds = self._predict(split.test)
         results: dict[str, Any] = {"model": self.model_name, "seed": self.cfg.seed,
                                    "test": test_report(self.prepared, preds)}
         results |= reference_reports(self.prepared)
         if self.dist.is_main:
-            (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+            self.run.write_results(results)
         return results
