@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from dacdr.fsutil import write_atomic
 from dacdr.models import RecModel
 
 Format = Literal["onnx", "torchscript"]
@@ -98,9 +98,7 @@ def export_package(package_dir: str | Path, fmt: Format, out: str | Path | None 
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, blob in ((out, data), (out.with_name(out.name + ".json"), side_bytes)):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        write_atomic(path, blob)
     return out
 
 

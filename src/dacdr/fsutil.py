@@ -5,6 +5,8 @@ flushed to disk and it replaces `dest` by rename. An existing `dest` is first re
 before the new one is in), so a crash at any instant leaves either the old directory, the new one, or the old
 one under its aside name, which `recover_dir(dest)` puts back. A block that raises leaves `dest` untouched.
 
+`atomic_file(dest)` / `write_atomic(dest, data)` do the same for one file.
+
 `fault_point(name)` is a no-op unless the environment variable `DACDR_FAULT` names it (`name` or `name@N`,
 the N-th time it is reached): then the process kills itself with SIGKILL, as a power cut or `kill -9` would,
 so the tests can stop a write at each of its steps.
@@ -156,3 +158,25 @@ def atomic_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_file(dest: str | Path) -> Iterator[Path]:
+    """Write one file as a unit: yields a temporary sibling path that replaces `dest` when the block succeeds
+    (a reader sees the old file or the new one, never a half-written one); a block that raises leaves `dest`."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(dest: str | Path, data: str | bytes) -> None:
+    """`dest` holds `data` (text is UTF-8), replaced as a unit (`atomic_file`)."""
+    with atomic_file(dest) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)

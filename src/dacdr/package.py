@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from dacdr.data.features import FIRST_ID, OOV, Vocabularies
 from dacdr.data.protocol import TrainingData
-from dacdr.fsutil import atomic_dir, recover_dir, remove_stale_temps, sha256_file
+from dacdr.fsutil import atomic_dir, recover_dir, remove_stale_temps, sha256_file, write_atomic
 from dacdr.models import RecModel
 from dacdr.training.checkpoint import CheckpointError, load_model, save_model
 from dacdr.training.rundir import RunDir
@@ -85,9 +85,7 @@ def _seal(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, directory / MANIFEST)
+    write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _safe_name(name: Any) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dacdr.data.features import FeatureSpec
-from dacdr.fsutil import atomic_dir, fault_point, recover_dir, remove_stale_temps, sha256_file
+from dacdr.fsutil import (
+    atomic_dir,
+    atomic_file,
+    fault_point,
+    recover_dir,
+    remove_stale_temps,
+    sha256_file,
+    write_atomic,
+)
 from dacdr.models import RecModel, create_model, get_entry
 
 MODEL_FORMAT = 1
@@ -22,12 +29,6 @@ DESCRIPTION = "model.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or does not match its description."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def model_description(name: str, model: RecModel) -> dict[str, Any]:
@@ -41,12 +42,11 @@ def save_model(model: RecModel, name: str, directory: str | Path, extra: dict[st
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = directory / (WEIGHTS + ".tmp")
-    # One metadata key: safetensors writes metadata in hash-map order, which differs between processes, and a
-    # package's version is named after the digest of this file.
-    save_file(tensors, str(tmp), metadata={"dacdr": json.dumps({"format": MODEL_FORMAT, "name": name})})
-    os.replace(tmp, directory / WEIGHTS)
-    _atomic_write_text(directory / DESCRIPTION, json.dumps(model_description(name, model) | (extra or {}), indent=1))
+    with atomic_file(directory / WEIGHTS) as tmp:
+        # One metadata key: safetensors writes metadata in hash-map order, which differs between processes, and
+        # a package's version is named after the digest of this file.
+        save_file(tensors, str(tmp), metadata={"dacdr": json.dumps({"format": MODEL_FORMAT, "name": name})})
+    write_atomic(directory / DESCRIPTION, json.dumps(model_description(name, model) | (extra or {}), indent=1))
     return directory
 
 

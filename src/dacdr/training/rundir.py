@@ -15,25 +15,18 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dacdr.fsutil import recover_dir
+from dacdr.fsutil import recover_dir, write_atomic
 
 if TYPE_CHECKING:
     from dacdr.config import RunConfig
     from dacdr.data.features import Vocabularies
     from dacdr.models import RecModel
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunDir:
@@ -78,7 +71,7 @@ class RunDir:
         return RunConfig.model_validate(yaml.safe_load(path.read_text()))
 
     def write_config(self, cfg: RunConfig) -> None:
-        _write_atomic(self.path / self.CONFIG, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        write_atomic(self.path / self.CONFIG, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
     def holds_config(self, cfg: RunConfig) -> bool:
         """Whether the run's config.yaml describes `cfg`; fields added since it was written count as their
@@ -117,14 +110,14 @@ class RunDir:
 
     # ------------------------------------------------------------------ records
     def write_history(self, history: list[dict[str, Any]]) -> None:
-        _write_atomic(self.path / self.HISTORY, json.dumps(history, indent=1))
+        write_atomic(self.path / self.HISTORY, json.dumps(history, indent=1))
 
     def read_results(self) -> dict[str, Any]:
         path = self.path / self.RESULTS
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_results(self, results: dict[str, Any]) -> None:
-        _write_atomic(self.path / self.RESULTS, json.dumps(results, indent=1))
+        write_atomic(self.path / self.RESULTS, json.dumps(results, indent=1))
 
     def log(self, line: str) -> None:
         with open(self.path / self.LOG, "a") as f:
