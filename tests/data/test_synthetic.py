@@ -10,16 +10,21 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
+from sklearn.metrics import roc_auc_score
 
 from dacdr.data import synthetic
+from dacdr.data.dataset import DatasetError, load_dataset, read_spec, validate, write_dataset_parts
 from dacdr.data.synthetic import (
     BEHAVIOUR_TYPES,
     DAY_SECONDS,
     PRESETS,
     SyntheticConfig,
+    config,
     generate,
     get_preset,
     summarize,
+    world,
+    writer,
 )
 
 DESCRIPTOR_KEYS = {
@@ -118,25 +123,35 @@ def test_layout(tiny: Path, spec: dict) -> None:
     parts = sorted((tiny / "interactions").glob("part-*.parquet"))
     assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet"]
     assert not (tiny / "interactions.parquet").exists()
-    schema = pq.read_schema(parts[0])
-    assert [(f.name, str(f.type)) for f in schema] == [
-        ("user", "int64"),
-        ("domain", "string"),
-        ("item", "int64"),
-        ("behaviour", "string"),
-        ("label", "double"),
-        ("timestamp", "int64"),
-        ("p_true", "double"),
-        ("p_transferable", "double"),
-        ("p_plugin", "double"),
+    assert list(pl.read_parquet_schema(parts[0]).items()) == [
+        ("user", pl.Int64),
+        ("domain", pl.String),
+        ("item", pl.Int64),
+        ("behaviour", pl.String),
+        ("label", pl.Float64),
+        ("timestamp", pl.Int64),
+        ("p_true", pl.Float64),
+        ("p_transferable", pl.Float64),
+        ("p_plugin", pl.Float64),
     ]
     assert not any(tiny.parent.glob(".*"))  # no temporary directory left behind
 
 
-def test_loads_with_project_loader(tiny: Path) -> None:
-    dataset = pytest.importorskip("dacdr.data.dataset")
-    data = dataset.load_dataset(tiny)
+def test_passes_the_dataset_contract(tiny: Path) -> None:
+    """What the writer wrote loads with the layout's own validation, references included."""
+    data = load_dataset(tiny)
+    validate(data)
     assert data.interactions.height == _frame(tiny).height
+    assert {"p_true", "p_transferable", "p_plugin"} <= set(data.interactions.columns)
+    assert data.spec == read_spec(tiny)
+
+
+def test_summary_auc_equals_sklearn(tiny: Path, tiny_df: pl.DataFrame, spec: dict) -> None:
+    stats = summarize(tiny)
+    for name in spec["target_domains"]:
+        test = tiny_df.filter((pl.col("domain") == name) & (pl.col("timestamp") >= spec["test_start"]))
+        expected = roc_auc_score(test["label"].to_numpy(), test["p_true"].to_numpy())
+        assert stats[name]["oracle_auc_test"] == pytest.approx(expected, abs=1e-12), name
 
 
 def test_rows_are_consistent(tiny: Path, tiny_df: pl.DataFrame, spec: dict) -> None:
@@ -243,7 +258,7 @@ def test_deterministic(tmp_path: Path, tiny: Path, tiny_df: pl.DataFrame) -> Non
 def test_chunking_does_not_change_data(tmp_path: Path, tiny_df: pl.DataFrame) -> None:
     one = generate(get_preset("tiny", users_per_part=10**6), tmp_path / "one", seed=0)
     many = generate(get_preset("tiny", users_per_part=1), tmp_path / "many", seed=0)
-    n_blocks = -(-PRESETS["tiny"].n_users // synthetic._BLOCK_USERS)
+    n_blocks = -(-PRESETS["tiny"].n_users // config.BLOCK_USERS)
     assert len(list((one / "interactions").glob("*.parquet"))) == 1
     assert len(list((many / "interactions").glob("*.parquet"))) == n_blocks
     assert _frame(one).equals(tiny_df)
@@ -277,10 +292,26 @@ def test_crash_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def boom(*args: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "_write_interactions", boom)
+    monkeypatch.setattr(writer, "block_rows", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         generate("tiny", tmp_path / "ds")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_block_breaking_the_contract_is_refused(tmp_path: Path, tiny: Path) -> None:
+    """The streaming writer checks every block as it arrives: a bad label names the part file, the column
+    and the file-local row (the bad block is that part's second), and no directory appears."""
+    data = load_dataset(tiny)
+    good = data.interactions.slice(0, 1000)
+    bad = good.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(0.5).otherwise(pl.col("label")).alias("label"))
+    out = tmp_path / "ds"
+    with pytest.raises(DatasetError, match=r"interactions/part-00001\.parquet: column 'label'.*row 1007:"):
+        write_dataset_parts(data.spec, data.domains, data.items, [[good], [good, bad]], out)
+    assert list(tmp_path.iterdir()) == []
+    # the same blocks without the bad one: two parts, the second with two row groups, the rows in order
+    write_dataset_parts(data.spec, data.domains, data.items, [[good], [good, good]], out)
+    assert load_dataset(out).interactions.equals(pl.concat([good] * 3))
+    assert pq.ParquetFile(out / "interactions" / "part-00001.parquet").metadata.num_row_groups == 2
 
 
 def test_shared_item_pool(tmp_path: Path) -> None:
@@ -292,5 +323,5 @@ def test_shared_item_pool(tmp_path: Path) -> None:
 
 def test_sparse_interest_is_finite() -> None:
     rng = np.random.default_rng(0)
-    x = synthetic._sparse_dirichlet(rng, 0.01, (1000, 24))
+    x = world._sparse_dirichlet(rng, 0.01, (1000, 24))
     assert np.isfinite(x).all() and np.allclose(x.sum(axis=1), 1)

@@ -22,6 +22,7 @@ from dacdr.data.dataset import load_dataset
 from dacdr.data.features import FIRST_ID
 from dacdr.data.samples import prepare
 from dacdr.data.synthetic import expected_sigmoid, focus_categories, generate, get_preset, summarize
+from dacdr.data.synthetic import world as synthetic_world
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_mechanism_term_is_a_function_of_the_visible_sequence(worlds) -> None:
     assert on.select("user", "item", "timestamp").equals(off.select("user", "item", "timestamp"))
     meta = json.loads((worlds["on"] / "dataset.json").read_text())["generator"]
     cfg = synthetic.SyntheticConfig.model_validate(meta["config"])
-    world = synthetic._build_world(cfg, meta["seed"])
+    world = synthetic_world.build_world(cfg, meta["seed"])
     mech = cfg.mechanism
     prepared = prepare(load_dataset(worlds["on"]), max_len=mech.window)
     s, ev = prepared.samples, prepared.events

@@ -33,17 +33,24 @@ def demo(
 @app.command()
 @user_errors
 def generate(
-    preset: Annotated[str, typer.Argument(help="tiny | demo | industrial | scale")],
+    preset: Annotated[str, typer.Argument(help="a synthetic preset: tiny, demo, industrial, mechanism, scale, ...")],
     out: Annotated[Path, typer.Option(help="dataset directory to write")],
     seed: Annotated[int, typer.Option(help="world seed")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing directory")] = False,
+    summary: Annotated[bool, typer.Option(help="print per-domain statistics and the reference AUCs")] = True,
 ) -> None:
-    """Generate a synthetic cross-domain click log in the dacdr dataset layout."""
-    from dacdr.data.synthetic import generate as gen
-    from dacdr.data.synthetic import get_preset
+    """Generate a synthetic cross-domain click log in the dacdr dataset layout (docs/synthetic.md)."""
+    import time
 
+    from dacdr.data.synthetic import generate as gen
+    from dacdr.data.synthetic import get_preset, summarize
+
+    start = time.perf_counter()
     path = gen(get_preset(preset), out, seed=seed, overwrite=overwrite)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    if summary:
+        for domain, stats in summarize(path).items():
+            console.print(domain, " ".join(f"{k}={v:.4g}" for k, v in stats.items()), soft_wrap=True)
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, object]:

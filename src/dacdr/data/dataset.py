@@ -9,13 +9,14 @@ one offending row.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from polars.exceptions import PanicException
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -33,6 +34,7 @@ __all__ = [
     "read_spec",
     "validate",
     "write_dataset",
+    "write_dataset_parts",
 ]
 
 SCHEMA_VERSION = 1
@@ -637,4 +639,62 @@ def write_dataset(
             for i in range(n_parts):
                 chunk = data.interactions.slice(i * rows_per_part, rows_per_part)
                 _write_parquet(chunk, tmp / INTERACTIONS_DIR / f"part-{i:05d}.parquet")
+    return path
+
+
+def write_dataset_parts(
+    spec: DatasetSpec,
+    domains: pl.DataFrame,
+    items: pl.DataFrame,
+    parts: Iterable[Iterable[pl.DataFrame]],
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    check: bool = True,
+) -> Path:
+    """Write a dataset whose interactions arrive in blocks, never all in memory; return the path.
+
+    ``parts`` yields one iterable per ``interactions/part-NNNNN.parquet`` file, which yields that file's
+    blocks (one parquet row group each). With ``check``, the spec, domains and items are validated first and
+    each block as it arrives (`check_interaction_block`), so memory stays bounded by one block. The
+    directory appears atomically, as with :func:`write_dataset`.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+    static = CrossDomainData(spec=spec, interactions=pl.DataFrame(), items=items, domains=domains)
+    if check:
+        _check_columns(domains, _all_kinds("domains", spec), _Source.single(DOMAINS_FILE), cast=False)
+        _check_domains(domains, spec, _Source.single(DOMAINS_FILE))
+        _check_columns(items, _all_kinds("items", spec), _Source.single(ITEMS_FILE), cast=False)
+        _check_items(items, spec, _Source.single(ITEMS_FILE))
+    with atomic_dir(path, overwrite=overwrite, fault="dataset") as tmp:
+        (tmp / SPEC_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+        _write_parquet(domains, tmp / DOMAINS_FILE)
+        _write_parquet(items, tmp / ITEMS_FILE)
+        (tmp / INTERACTIONS_DIR).mkdir()
+        columns: list[str] | None = None
+        for i, blocks in enumerate(parts):
+            name = f"{INTERACTIONS_DIR}/part-{i:05d}.parquet"
+            writer: pq.ParquetWriter | None = None
+            rows = 0
+            try:
+                for block in blocks:
+                    if columns is not None and block.columns != columns:
+                        raise DatasetError(f"{name}: columns {block.columns} differ from the first block's {columns}")
+                    columns = block.columns
+                    if check:
+                        block = check_interaction_block(static, block, name, first_row=rows)
+                    table = block.to_arrow()
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp / name, table.schema, compression="zstd")
+                    writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                    rows += table.num_rows
+            finally:
+                if writer is not None:
+                    writer.close()
+            if writer is None:
+                raise DatasetError(f"{name}: the part has no block")
+        if columns is None:
+            raise DatasetError(f"{INTERACTIONS_DIR}: no interaction part was given")
     return path
