@@ -123,10 +123,10 @@ def _row_groups(world: World, seed: int, blocks: range) -> Iterator[pl.DataFrame
         pending.append(frame)
         rows += frame.height
         if rows >= _ROW_GROUP_ROWS:
-            yield pl.concat(pending)
+            yield pl.concat(pending, rechunk=False)
             pending, rows = [], 0
     if pending:
-        yield pl.concat(pending)
+        yield pl.concat(pending, rechunk=False)
 
 
 def _parts(world: World, seed: int) -> Iterator[Iterator[pl.DataFrame]]:
