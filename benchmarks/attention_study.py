@@ -24,14 +24,15 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from dacdr.bench import bench_settings, paired_test
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate, get_preset
-from dacdr.demo import DEMO_SOURCE_SAMPLE_RATE, demo_settings
+from dacdr.recipes.bench import bench_settings
+from dacdr.recipes.demo import DEMO_SOURCE_SAMPLE_RATE, demo_settings
+from dacdr.recipes.train import train_run
 from dacdr.reporting.attention import relevance_mass
+from dacdr.reporting.significance import paired_test
 from dacdr.reporting.summary import REFERENCE_KEYS
-from dacdr.runner import train_run
 from dacdr.training.checkpoint import load_model
 
 V01 = {"match_on": "values", "ablation": "drop"}  # dacdr 0.1's DACDR and ablations

@@ -30,7 +30,8 @@ from dacdr.data.dataset import load_dataset, write_dataset
 from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import TargetConfig, generate, get_preset
 from dacdr.models import create_model
-from dacdr.training.finetune import finetune, restrict_split
+from dacdr.recipes.finetune import finetune
+from dacdr.training.finetune import restrict_split
 from dacdr.training.trainer import Trainer
 
 NEW = "target_4"

@@ -42,7 +42,7 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from dacdr.distributed.launch import train as launch_train
+    from dacdr.recipes.train import train as launch_train
 
     cfg = _cfg(args.dataset, args.steps, streaming=True, num_workers=args.workers)
     if args.cache:
@@ -58,7 +58,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def ddp(args: argparse.Namespace) -> None:
-    from dacdr.distributed.launch import train as launch_train
+    from dacdr.recipes.train import train as launch_train
 
     for nproc in (1, 2):
         cfg = _cfg(args.dataset, args.steps, streaming=args.streaming, num_threads=2 // nproc)
@@ -71,7 +71,7 @@ def ddp(args: argparse.Namespace) -> None:
 
 
 def stream_vs_memory(args: argparse.Namespace) -> None:
-    from dacdr.distributed.launch import train as launch_train
+    from dacdr.recipes.train import train as launch_train
 
     for streaming in (False, True):
         cfg = _cfg(args.dataset, args.steps, streaming=streaming, epochs=args.epochs)

@@ -11,20 +11,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from dacdr.bench import (
-    PAPER_ORDER,
-    BenchSettings,
-    ablation_markdown,
-    ablation_tests,
-    bench_settings,
-    paired_test,
-    paired_tests,
-    run_bench,
-    table2_markdown,
-)
 from dacdr.cli import app
 from dacdr.config import TrainConfig
 from dacdr.data.synthetic import get_preset
+from dacdr.models import baselines, dacdr_variants, paper_order
+from dacdr.recipes.bench import BenchSettings, bench_settings, run_bench
+from dacdr.reporting.significance import ablation_tests, paired_test, paired_tests
+from dacdr.reporting.tables import ablation_markdown, table2_markdown
 
 
 def test_paired_test_matches_the_textbook_formula():
@@ -44,23 +37,23 @@ def test_paired_tests_pick_the_best_baseline_per_target():
                 "CMF": {"t1": [0.69, 0.69], "t2": [0.50, 0.52]},
                 "STAR": {"t1": [0.60, 0.61], "t2": [0.62, 0.63]},
                 "DACDR w/o DA": {"t1": [0.99, 0.99], "t2": [0.99, 0.99]}}  # a variant is never "the baseline"
-    tests = paired_tests(per_seed, ["t1", "t2"])
+    tests = paired_tests(per_seed, ["t1", "t2"], baselines())
     assert tests["t1"]["best_baseline"] == "CMF" and tests["t2"]["best_baseline"] == "STAR"
     assert tests["t2"]["mean_diff"] == pytest.approx(-0.02)
 
 
 def test_table2_rows_follow_the_paper_with_the_oracle_first():
     stat = {"auc": {"mean": 0.6, "std": 0.01}}
-    metrics = {"oracle": {"t1": {"auc": 0.8}}, "models": {n: {"t1": stat} for n in reversed(PAPER_ORDER)}}
-    rows = [line.split("|")[1].strip() for line in table2_markdown(metrics).splitlines()[2:]]
-    assert rows == ["Oracle (true p)", *PAPER_ORDER]
+    metrics = {"oracle": {"t1": {"auc": 0.8}}, "models": {n: {"t1": stat} for n in reversed(paper_order())}}
+    rows = [line.split("|")[1].strip() for line in table2_markdown(metrics, paper_order()).splitlines()[2:]]
+    assert rows == ["Oracle (true p)", *paper_order()]
 
 
 def test_ablation_tests_pair_dacdr_with_each_ablation():
     per_seed = {"DACDR": {"t1": [0.70, 0.72], "t2": [0.60, 0.62]},
                 "DACDR w/o IA": {"t1": [0.69, 0.70], "t2": [0.60, 0.60]},
                 "DACDR w/o DA&IA": {"t1": [0.71, 0.73], "t2": [0.61, 0.63]}}
-    tests = ablation_tests(per_seed, ["t1", "t2"])
+    tests = ablation_tests(per_seed, ["t1", "t2"], dacdr_variants()[1:])
     assert set(tests) == {"DACDR w/o IA", "DACDR w/o DA&IA"}
     assert tests["DACDR w/o IA"]["targets"]["t1"]["mean_diff"] == pytest.approx(0.015)
     assert tests["DACDR w/o IA"]["mean_of_targets"]["mean_diff"] == pytest.approx(0.0125)

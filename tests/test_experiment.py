@@ -14,7 +14,7 @@ from dacdr.cli import app
 from dacdr.config import ConfigError
 from dacdr.data.dataset import load_dataset
 from dacdr.data.samples import prepare
-from dacdr.experiment import load_experiment, run_experiment
+from dacdr.recipes.experiment import load_experiment, run_experiment
 from tests.data.loaders.test_cdrib import write_cdrib
 from tests.test_ptupcdr_export import write_amazon_pair
 

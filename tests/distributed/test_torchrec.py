@@ -119,8 +119,8 @@ def test_cli_path_trains_and_packages(tiny_path, tmp_path):
     """`dacdr train CONFIG --nproc 2 --set train.embeddings=torchrec` (here column-wise), then `dacdr package`;
     and the same on the streaming pipeline (training only)."""
     from dacdr.config import RunConfig
-    from dacdr.distributed.launch import train
     from dacdr.package import build_package, load_package
+    from dacdr.recipes.train import train
 
     def config(streaming: bool) -> RunConfig:
         return RunConfig.model_validate({

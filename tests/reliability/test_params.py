@@ -57,7 +57,7 @@ def test_create_model_validates_too(handmade_prepared):
 
 def test_experiment_model_params_are_validated_on_load(tmp_path):
     from dacdr.config import ConfigError
-    from dacdr.experiment import load_experiment
+    from dacdr.recipes.experiment import load_experiment
 
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump({

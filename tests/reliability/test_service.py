@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dacdr.cli import app as cli_app
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dacdr.package import build_package, load_package
-from dacdr.runner import train_run
+from dacdr.recipes.train import train_run
 from dacdr.serving.app import MAX_HISTORY, ServiceSettings, create_app
 from dacdr.serving.scoring import RequestError, ScoreQuery, Scorer
 from tests.reliability.conftest import QUIET

@@ -14,7 +14,7 @@ import polars as pl
 
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dacdr.data.dataset import load_dataset, write_dataset
-from dacdr.runner import train_run
+from dacdr.recipes.train import train_run
 
 TINY_PARAMS = {"dim": 8, "heads": 2, "user_dim": 16, "encoder_hidden": [16], "predictor_hidden": [16]}
 

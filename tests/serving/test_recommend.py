@@ -111,7 +111,7 @@ def test_explain_names_the_behaviours_with_the_largest_weights(client, package):
 
 def test_explain_is_refused_for_a_model_without_attention(handmade_path, tmp_path):
     from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from dacdr.runner import train_run
+    from dacdr.recipes.train import train_run
 
     cfg = RunConfig(data=DataConfig(path=str(handmade_path), max_len=8),
                     model=ModelConfig(name="DACDR w/o DA&IA", params=TINY_PARAMS),

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from dacdr.bench import model_params
 from dacdr.config import TrainConfig
 from dacdr.data.batches import BatchGatherer
 from dacdr.evaluation import predict
 from dacdr.models import create_model, model_names
+from dacdr.recipes.bench import model_params
 from dacdr.training.checkpoint import load_model
 from dacdr.training.trainer import Trainer
 

@@ -8,8 +8,9 @@ import torch
 
 from dacdr.data.features import Vocab, Vocabularies
 from dacdr.package import build_package, load_package, run_prepared
+from dacdr.recipes.finetune import finetune
 from dacdr.training.checkpoint import load_model
-from dacdr.training.finetune import align_to_vocabularies, finetune
+from dacdr.training.finetune import align_to_vocabularies
 from tests.serving.helpers import train_tiny_run, without_domain
 
 NEW = "target_b"

@@ -27,7 +27,7 @@ def bench(
 ) -> None:
     """Train every Table 2 model on identical data per seed; write table.md, results.csv, metrics.json, a PNG."""
 
-    from dacdr.bench import bench_settings, run_bench
+    from dacdr.recipes.bench import bench_settings, run_bench
     from dacdr.training.threads import set_default_threads
 
     set_default_threads(threads)

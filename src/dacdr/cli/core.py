@@ -23,7 +23,7 @@ def demo(
 ) -> None:
     """Generate the synthetic demo world, train DACDR, its ablations and DNN-multi, report vs the oracle."""
 
-    from dacdr.demo import run_demo
+    from dacdr.recipes.demo import run_demo
     from dacdr.training.threads import set_default_threads
 
     set_default_threads(threads)
@@ -78,7 +78,7 @@ def train(
     Before training it prints the memory its embedding tables take (weights, and in training with AdamW).
     """
     from dacdr.config import load_run_config
-    from dacdr.distributed.launch import train as launch_train
+    from dacdr.recipes.train import train as launch_train
 
     cfg = load_run_config(config, _parse_overrides(set_ or []))
     results = launch_train(cfg, nproc=nproc, run_dir=out, resume=resume)

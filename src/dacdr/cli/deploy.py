@@ -147,7 +147,7 @@ def finetune(
     lr: Annotated[float | None, typer.Option(min=0.0, help="default: the base run's")] = None,
 ) -> None:
     """Add a new target domain to a trained model, training only its new rows and the attention projections."""
-    from dacdr.training.finetune import finetune as run_finetune
+    from dacdr.recipes.finetune import finetune as run_finetune
 
     out = out or base_run.parent / f"{base_run.name}-finetune-{domain}"
     report = run_finetune(base_run, data, domain, out, epochs=epochs, lr=lr, log=console.print)

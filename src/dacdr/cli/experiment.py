@@ -32,7 +32,7 @@ def experiment(
 ) -> None:
     """Run an experiment on real data: convert, split per beta and seed, train the models, report."""
 
-    from dacdr.experiment import load_experiment, run_experiment
+    from dacdr.recipes.experiment import load_experiment, run_experiment
     from dacdr.training.threads import set_default_threads
 
     set_default_threads(threads)
@@ -54,7 +54,7 @@ def convert(
     from dacdr.config import ConfigError
     from dacdr.data.loaders import ConvertConfig
     from dacdr.data.loaders import convert as run_convert
-    from dacdr.experiment import _substitute, load_experiment
+    from dacdr.recipes.experiment import _substitute, load_experiment
 
     raw = yaml.safe_load(config.read_text()) if config.is_file() else None
     if raw is None:

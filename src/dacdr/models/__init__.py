@@ -1,19 +1,27 @@
-"""The model registry and every registered model."""
+"""The model registry and every registered model.
 
-from dacdr.models import cmf as _cmf  # noqa: F401  (baselines of the paper's Tables 2 and 3)
-from dacdr.models import dacdr as _dacdr  # noqa: F401  (registers DACDR and its ablations)
-from dacdr.models import dnn as _dnn  # noqa: F401
-from dacdr.models import dnn_single as _dnn_single  # noqa: F401
-from dacdr.models import emcdr as _emcdr  # noqa: F401
-from dacdr.models import mmoe as _mmoe  # noqa: F401
-from dacdr.models import ple as _ple  # noqa: F401
-from dacdr.models import pop as _pop  # noqa: F401  (the popularity floor)
-from dacdr.models import ptupcdr as _ptupcdr  # noqa: F401
-from dacdr.models import shared_bottom as _shared_bottom  # noqa: F401
-from dacdr.models import sscdr as _sscdr  # noqa: F401
-from dacdr.models import star as _star  # noqa: F401
-from dacdr.models import tmcdr as _tmcdr  # noqa: F401
+Every module of this package is imported here, so a model registers itself by existing: a new model is one
+file with its `@register(...)` decorator (`dacdr.models.registry`).
+"""
+
+import importlib
+import pkgutil
+
 from dacdr.models.base import RecModel
-from dacdr.models.registry import create_model, get_entry, model_names, register
+from dacdr.models.registry import (
+    baselines,
+    create_model,
+    dacdr_variants,
+    families,
+    get_entry,
+    model_names,
+    paper_order,
+    register,
+    select_models,
+)
 
-__all__ = ["RecModel", "create_model", "get_entry", "model_names", "register"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["RecModel", "baselines", "create_model", "dacdr_variants", "families", "get_entry", "model_names",
+           "paper_order", "register", "select_models"]

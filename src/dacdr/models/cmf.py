@@ -18,7 +18,7 @@ from dacdr.models.base import RecModel
 from dacdr.models.registry import register
 
 
-@register("CMF")
+@register("CMF", family="id-bridge", order=30)
 class CMF(RecModel):
     train_on = "source+targets"
     inputs = ("seq", "seq_mask", "item", "domain", "user")

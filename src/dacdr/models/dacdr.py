@@ -24,7 +24,7 @@ MatchOn = Literal["tokens", "values"]
 Ablation = Literal["uniform", "drop"]
 
 
-@register("DACDR")
+@register("DACDR", family="dacdr", order=140)
 class DACDR(RecModel):
     """Domain-Aware Cross-Attention for Cross-domain Recommendation.
 
@@ -197,8 +197,9 @@ class DACDR(RecModel):
         return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
 
 
-register("DACDR w/o DA", DACDR, variant="no_da")
-register("DACDR w/o IA", DACDR, variant="no_ia")
-register("DACDR w/o DA&IA", DACDR, variant="pool")
+register("DACDR w/o DA", DACDR, family="dacdr", order=150, tags=("ablation",), variant="no_da")
+register("DACDR w/o IA", DACDR, family="dacdr", order=160, tags=("ablation",), variant="no_ia")
+register("DACDR w/o DA&IA", DACDR, family="dacdr", order=170, tags=("ablation",),
+         variant="pool")
 # MODEL.md verbatim: no match feature (the predictor sees [u_t; vec(E_i)]), ablations as the paper reads them.
-register("DACDR (paper)", DACDR, variant="full", match_features=False, ablation="drop", match_on="values")
+register("DACDR (paper)", DACDR, family="dacdr", order=130, variant="full", match_features=False, ablation="drop", match_on="values")

@@ -16,7 +16,7 @@ from dacdr.models.layers import FieldEmbeddings, masked_mean, mlp
 from dacdr.models.registry import register
 
 
-@register("DNN-multi")
+@register("DNN-multi", family="multi-domain", order=80)
 class DNNMulti(RecModel):
     train_on = "source+targets"
 

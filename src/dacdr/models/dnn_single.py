@@ -21,7 +21,7 @@ from dacdr.models.multidomain import dnn_input, dnn_input_dim, domain_slots
 from dacdr.models.registry import register
 
 
-@register("DNN-single")
+@register("DNN-single", family="single-domain", order=20)
 class DNNSingle(RecModel):
     train_on = "targets"
 

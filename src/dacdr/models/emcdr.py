@@ -172,7 +172,7 @@ def tanh_mlp(dim: int, hidden: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register("EMCDR")
+@register("EMCDR", family="id-bridge", order=50)
 class EMCDR(BridgeModel):
     def __init__(self, spec: FeatureSpec, n_users: int | None = None, dim: int = 32,
                  bridge_hidden: tuple[int, ...] = (64,)):

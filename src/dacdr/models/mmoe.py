@@ -16,7 +16,7 @@ from dacdr.models.multidomain import TowerModel, Towers, dnn_input, dnn_input_di
 from dacdr.models.registry import register
 
 
-@register("MMoE")
+@register("MMoE", family="multi-domain", order=100)
 class MMoE(TowerModel):
     train_on = "source+targets"
 

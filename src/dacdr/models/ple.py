@@ -54,7 +54,7 @@ class CGCLevel(nn.Module):
         return torch.stack(task_outs, dim=1), shared_out
 
 
-@register("PLE")
+@register("PLE", family="multi-domain", order=110)
 class PLE(TowerModel):
     train_on = "source+targets"
 

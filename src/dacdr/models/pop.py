@@ -17,7 +17,7 @@ from dacdr.models.base import RecModel
 from dacdr.models.registry import register
 
 
-@register("Pop")
+@register("Pop", family="floor", order=10)
 class Pop(RecModel):
     train_on = "targets"
 

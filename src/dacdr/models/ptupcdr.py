@@ -28,7 +28,7 @@ from dacdr.models.phase import Phase
 from dacdr.models.registry import register
 
 
-@register("PTUPCDR")
+@register("PTUPCDR", family="id-bridge", order=60)
 class PTUPCDR(BridgeModel):
     def __init__(self, spec: FeatureSpec, n_users: int | None = None, dim: int = 32, meta_dim: int = 50):
         super().__init__(spec, n_users, dim, meta_dim=meta_dim)

@@ -1,8 +1,11 @@
 """One registry for every model: the CLI, the trainer and the benchmarks all read it.
 
-Adding a model: write a `RecModel` subclass in its own file under `dacdr/models/`, decorate it with
-`@register("Name")` (or call `register("Variant", Class, **fixed_params)`), and import the file in
-`dacdr/models/__init__.py`.
+Adding a model is one file: write a `RecModel` subclass in its own module under `dacdr/models/` and decorate
+it with `@register("Name", family=..., order=...)` (or call `register("Variant", Class, **fixed_params)`);
+`dacdr.models` imports every module of the package, so nothing else needs an edit. The metadata is what
+the recipes read: `order` places the model in the paper's tables (`dacdr bench` trains every model that has
+one; an experiment's `models: all` runs them), `family` groups models for an experiment's
+`models: {families: [...]}`, and `tags` mark roles such as `ablation` (DACDR's, tested against DACDR).
 """
 
 from __future__ import annotations
@@ -25,25 +28,79 @@ class ModelEntry:
     name: str
     cls: type[RecModel]
     fixed: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None
+    """a group of related models: `floor`, `single-domain`, `id-bridge`, `multi-domain`, `dacdr`, ..."""
+    order: float | None = None
+    """the row of the paper's tables (`paper_order`); None: not in them (the bench skips it)"""
+    tags: frozenset[str] = frozenset()
+    """roles, e.g. `ablation` (a DACDR ablation)"""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, cls: type[RecModel] | None = None, **fixed: Any):
-    """Register `cls` under `name`, with `fixed` constructor arguments (for variants); usable as decorator."""
+def register(
+    name: str,
+    cls: type[RecModel] | None = None,
+    *,
+    family: str | None = None,
+    order: float | None = None,
+    tags: tuple[str, ...] | frozenset[str] = (),
+    **fixed: Any,
+):
+    """Register `cls` under `name`, with its metadata and `fixed` constructor arguments (for variants);
+    usable as a decorator."""
 
     def add(c: type[RecModel]) -> type[RecModel]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, c, dict(fixed))
+        _REGISTRY[name] = ModelEntry(name, c, dict(fixed), family, order, frozenset(tags))
         return c
 
     return add(cls) if cls is not None else add
 
 
-def model_names() -> list[str]:
-    return list(_REGISTRY)
+def model_names(*, family: str | None = None, tag: str | None = None) -> list[str]:
+    """Registered names (in registration order), optionally those of one `family` or with one `tag`."""
+    return [e.name for e in _REGISTRY.values()
+            if (family is None or e.family == family) and (tag is None or tag in e.tags)]
+
+
+def families() -> list[str]:
+    return sorted({e.family for e in _REGISTRY.values() if e.family})
+
+
+def paper_order() -> list[str]:
+    """The models of the paper's tables (every entry with an `order`), in table order."""
+    ranked = [(e.order, i, e.name) for i, e in enumerate(_REGISTRY.values()) if e.order is not None]
+    return [name for _, _, name in sorted(ranked)]
+
+
+def baselines() -> list[str]:
+    """The paper-table rows that are not DACDR or one of its variants, in table order."""
+    return [n for n in paper_order() if _REGISTRY[n].family != "dacdr"]
+
+
+def dacdr_variants() -> list[str]:
+    """DACDR followed by its ablations (the models tagged `ablation`), in table order."""
+    return ["DACDR", *[n for n in paper_order() if "ablation" in _REGISTRY[n].tags]]
+
+
+def select_models(
+    families: list[str] | None = None, names: list[str] | None = None, exclude: list[str] | None = None
+) -> list[str]:
+    """The paper-table models of `families`, plus `names`, less `exclude`: in table order, then any
+    unordered `names` as listed. An unknown family or name is a `KeyError` naming the known ones."""
+    known = set(e.family for e in _REGISTRY.values() if e.family)
+    bad = sorted(set(families or []) - known)
+    if bad:
+        raise KeyError(f"unknown model family {bad}; registered families: {', '.join(sorted(known))}")
+    for n in [*(names or []), *(exclude or [])]:
+        get_entry(n)
+    wanted = {n for n in paper_order() if _REGISTRY[n].family in set(families or [])} | set(names or [])
+    wanted -= set(exclude or [])
+    ordered = [n for n in paper_order() if n in wanted]
+    return ordered + [n for n in (names or []) if n in wanted and n not in ordered]
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -16,7 +16,7 @@ from dacdr.models.multidomain import TowerModel, Towers, dnn_input, dnn_input_di
 from dacdr.models.registry import register
 
 
-@register("Shared-Bottom")
+@register("Shared-Bottom", family="multi-domain", order=90)
 class SharedBottom(TowerModel):
     train_on = "source+targets"
 

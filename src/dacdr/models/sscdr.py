@@ -54,7 +54,7 @@ def source_users_and_overlap(prepared: PreparedData, idx):
     return last_row_per_user_domain(prepared, overlapping_rows(prepared, idx))
 
 
-@register("SSCDR")
+@register("SSCDR", family="id-bridge", order=40)
 class SSCDR(BridgeModel):
     def __init__(self, spec: FeatureSpec, n_users: int | None = None, dim: int = 32,
                  bridge_hidden: tuple[int, ...] = (64,), margin: float = 0.5, unsup_weight: float = 0.5):

@@ -79,7 +79,7 @@ class StarLinear(nn.Module):
         return out
 
 
-@register("STAR")
+@register("STAR", family="multi-domain", order=120)
 class STAR(RecModel):
     train_on = "source+targets"
 

@@ -49,7 +49,7 @@ from dacdr.models.registry import register
 META = "meta_bridges."
 
 
-@register("TMCDR")
+@register("TMCDR", family="id-bridge", order=70)
 class TMCDR(BridgeModel):
     def __init__(self, spec: FeatureSpec, n_users: int | None = None, dim: int = 32,
                  bridge_hidden: tuple[int, ...] = (64,), inner_lr: float = 1.0, tasks_per_batch: int = 4,

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from dacdr.data.batches import BatchGatherer
+from dacdr.data.features import FIRST_ID
 from dacdr.data.samples import PreparedData
 from dacdr.data.synthetic import focus_categories
 from dacdr.models.base import RecModel
+from dacdr.reporting.plots import plot_attention
 
 
 @torch.no_grad()
@@ -67,3 +69,38 @@ def relevance_mass(
             out[name] = {"domain_mass": dm / n, "domain_share": ds / n, "item_mass": im / n, "item_share": is_ / n,
                          "n": int(n)}
     return out
+
+
+def _names(prepared: PreparedData, field: str, ids: np.ndarray) -> list[str]:
+    values = prepared.vocabs[field].values
+    return [values[i - FIRST_ID] if i >= FIRST_ID else "?" for i in ids]
+
+
+def attention_figure(model: RecModel, prepared: PreparedData, path: Path) -> Path | None:
+    """Both attention steps of DACDR (`model`) for one cold-start test impression with a full source history."""
+    split, s = prepared.split, prepared.samples
+    cold = split.test[split.test_cold]
+    seq_len = s["seq_end"][cold] - s["seq_start"][cold]
+    clicked = s["label"][cold] > 0
+    order = np.lexsort((-seq_len, ~clicked))  # a click with the longest history first
+    if len(order) == 0:
+        return None
+    sample = cold[order[:1]]
+    batch = BatchGatherer(prepared).gather(sample)
+    with torch.no_grad():
+        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    mask = batch["seq_mask"][0].numpy()
+    alpha = parts["alpha"][0].numpy()[mask]
+    item_w = parts["A_i"][0].mean(dim=(0, 1)).numpy()[mask]
+    fields = prepared.spec.sequence_fields
+    seq = batch["seq"][0].numpy()[mask]
+    cat_j = fields.index("category") if "category" in fields else 0
+    cats = _names(prepared, fields[cat_j], seq[:, cat_j])
+    behaviours = _names(prepared, "behaviour", seq[:, fields.index("behaviour")])
+    cand_cat = _names(prepared, prepared.spec.item_fields[min(1, len(prepared.spec.item_fields) - 1)],
+                      batch["item"][0, 1:2].numpy())[0]
+    domain = _names(prepared, "domain", s["domain"][sample])[0]
+    title = (f"user {_names(prepared, 'user', s['user'][sample])[0]} (cold-start in {domain}); "
+             f"candidate category {cand_cat}, label {int(s['label'][sample][0])}")
+    labels = [f"{c}·{b[:2]}" for c, b in zip(cats, behaviours, strict=True)]
+    return plot_attention(labels, alpha, item_w, np.array(cats) == cand_cat, title, path)

@@ -1,7 +1,8 @@
-"""Matplotlib figures written next to the metrics: validation curves and attention weights."""
+"""Matplotlib figures written next to the metrics: validation curves, attention weights, the benchmark tables."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,75 @@ def plot_attention(
     axes[1].set_xticks(x, labels, rotation=90, fontsize=7)
     axes[1].set_xlabel("source behaviours, oldest → newest (red: candidate's category)")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_table2(metrics: dict[str, Any], path: Path, order: list[str]) -> Path:
+    """Grouped bars: one group per target, one bar per model (in `order`, the paper's), error bars = std over
+    seeds."""
+    from dacdr.reporting.tables import ordered
+
+    models = ordered(metrics["models"], order)
+    targets = list(metrics["models"][models[0]])
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(models)), 4.8))
+    cmap = plt.get_cmap("tab20")
+    lows = []
+    for j, name in enumerate(models):
+        means = [metrics["models"][name][d]["auc"]["mean"] for d in targets]
+        stds = [metrics["models"][name][d]["auc"]["std"] for d in targets]
+        lows += means
+        x = np.arange(len(targets)) - 0.4 + width * (j + 0.5)
+        ax.bar(x, means, width, yerr=stds, label=name, color=cmap(j % 20), capsize=2)
+    for i, d in enumerate(targets):
+        if "oracle" in metrics:
+            ax.hlines(metrics["oracle"][d]["auc"], i - 0.42, i + 0.42, colors="black", linestyles="--",
+                      label="oracle (true p)" if i == 0 else None)
+        if "oracle_transferable" in metrics:
+            ax.hlines(metrics["oracle_transferable"][d]["auc"], i - 0.42, i + 0.42, colors="grey", linestyles=":",
+                      label="transferable oracle" if i == 0 else None)
+    finite = [v for v in lows if not math.isnan(v)]
+    if finite:
+        top = max(finite + [metrics["oracle"][d]["auc"] for d in targets] if "oracle" in metrics else finite)
+        ax.set_ylim(max(0.0, min(finite) - 0.02), top + 0.01)
+    ax.set_xticks(np.arange(len(targets)), targets)
+    ax.set_ylabel("cold-start AUC (mean ± std over seeds)")
+    ax.set_title(f"Table 2 on the synthetic {metrics['dataset'].get('preset', '')} world, "
+                 f"{len(metrics['seeds'])} seed(s)")
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_scenarios(metrics: dict[str, Any], path: Path) -> Path:
+    """`dacdr experiment`: grouped bars of the headline metric (RMSE for P2, NDCG@10 for P3) per scenario and
+    model."""
+    from dacdr.reporting.summary import METRIC_LABELS
+
+    key = "ndcg@10" if metrics["task"] == "ranking" else "rmse"
+    scenarios = metrics["scenarios"]
+    models = list(next(iter(scenarios.values()))["models"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(scenarios) * max(1, len(models)) / 3), 4.2))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(scenarios))
+    for j, name in enumerate(models):
+        means, stds = [], []
+        for s in scenarios.values():
+            per_domain = list(s["models"].get(name, {}).values())
+            means.append(np.nanmean([m[key]["mean"] for m in per_domain]) if per_domain else np.nan)
+            stds.append(np.nanmean([m[key]["std"] for m in per_domain]) if per_domain else np.nan)
+        ax.bar(x + (j - (len(models) - 1) / 2) * width, means, width, yerr=stds, label=name, capsize=2)
+    ax.set_xticks(x, list(scenarios))
+    ax.set_ylabel(f"{METRIC_LABELS[key]} (cold-start users; mean ± std over seeds)")
+    ax.set_title(f"{metrics['experiment']} ({metrics['protocol']})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

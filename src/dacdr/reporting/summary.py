@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-METRIC_LABELS = {"auc": "AUC", "gauc": "gAUC", "logloss": "LogLoss", "mae": "MAE", "rmse": "RMSE"}
+METRIC_LABELS = {"auc": "AUC", "gauc": "gAUC", "logloss": "LogLoss", "mae": "MAE", "rmse": "RMSE", "mrr": "MRR",
+                 "ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10", "hr@1": "HR@1", "hr@5": "HR@5", "hr@10": "HR@10"}
 LOWER_IS_BETTER = {"logloss", "mae", "rmse"}
 # Reference rows of a synthetic world, in the order they are printed (dacdr.evaluation.REFERENCES).
 REFERENCE_KEYS = ("oracle", "oracle_transferable", "plugin")  # the keys of dacdr.evaluation.REFERENCES

@@ -11,22 +11,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from dacdr.data.batches import BatchGatherer
-from dacdr.data.features import FIRST_ID
 from dacdr.data.prepare import prepare
-from dacdr.data.samples import PreparedData
 from dacdr.data.synthetic import generate, get_preset
-from dacdr.reporting.plots import plot_attention, plot_validation_curves
+from dacdr.models import dacdr_variants
+from dacdr.recipes.train import train_run
+from dacdr.reporting.attention import attention_figure
+from dacdr.reporting.plots import plot_validation_curves
 from dacdr.reporting.summary import build_metrics, markdown_tables
-from dacdr.runner import train_run
 from dacdr.training.checkpoint import load_model
 
-DEMO_MODELS = ["DACDR", "DACDR w/o DA", "DACDR w/o IA", "DACDR w/o DA&IA", "DNN-multi"]
+
+def demo_models() -> list[str]:
+    """DACDR, its ablations (the registry's `ablation` tag) and the DNN-multi baseline."""
+    return [*dacdr_variants(), "DNN-multi"]
+
 
 
 def demo_settings(quick: bool, preset: str = "demo") -> tuple[Any, TrainConfig]:
@@ -54,7 +55,7 @@ def run_demo(
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models = models or DEMO_MODELS
+    models = models or demo_models()
     synth, train_cfg = demo_settings(quick, preset)
     seed_list = list(range(1 if quick else seeds))
     t0 = time.perf_counter()
@@ -107,44 +108,8 @@ def run_demo(
     plot_validation_curves({m: [r["history"] for r in rs] for m, rs in results.items()},
                            "auc", out / "validation_curves.png")
     if "DACDR" in results:
-        attention_figure(prepared, out / "runs" / "DACDR-seed0", out / "attention.png")
+        attention_figure(load_model(out / "runs" / "DACDR-seed0")[0], prepared, out / "attention.png")
     console.print(table)
     console.print(f"wrote {out}/metrics.json, table.md, validation_curves.png, attention.png "
                   f"in {metrics['wall_seconds']:.0f} s")
     return metrics
-
-
-def _names(prepared: PreparedData, field: str, ids: np.ndarray) -> list[str]:
-    values = prepared.vocabs[field].values
-    return [values[i - FIRST_ID] if i >= FIRST_ID else "?" for i in ids]
-
-
-def attention_figure(prepared: PreparedData, run_dir: Path, path: Path) -> Path | None:
-    """Both attention steps of DACDR for one cold-start test impression with a full source history."""
-    model, _ = load_model(run_dir)
-    split, s = prepared.split, prepared.samples
-    cold = split.test[split.test_cold]
-    seq_len = s["seq_end"][cold] - s["seq_start"][cold]
-    clicked = s["label"][cold] > 0
-    order = np.lexsort((-seq_len, ~clicked))  # a click with the longest history first
-    if len(order) == 0:
-        return None
-    sample = cold[order[:1]]
-    batch = BatchGatherer(prepared).gather(sample)
-    with torch.no_grad():
-        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
-    mask = batch["seq_mask"][0].numpy()
-    alpha = parts["alpha"][0].numpy()[mask]
-    item_w = parts["A_i"][0].mean(dim=(0, 1)).numpy()[mask]
-    fields = prepared.spec.sequence_fields
-    seq = batch["seq"][0].numpy()[mask]
-    cat_j = fields.index("category") if "category" in fields else 0
-    cats = _names(prepared, fields[cat_j], seq[:, cat_j])
-    behaviours = _names(prepared, "behaviour", seq[:, fields.index("behaviour")])
-    cand_cat = _names(prepared, prepared.spec.item_fields[min(1, len(prepared.spec.item_fields) - 1)],
-                      batch["item"][0, 1:2].numpy())[0]
-    domain = _names(prepared, "domain", s["domain"][sample])[0]
-    title = (f"user {_names(prepared, 'user', s['user'][sample])[0]} (cold-start in {domain}); "
-             f"candidate category {cand_cat}, label {int(s['label'][sample][0])}")
-    labels = [f"{c}·{b[:2]}" for c, b in zip(cats, behaviours, strict=True)]
-    return plot_attention(labels, alpha, item_w, np.array(cats) == cand_cat, title, path)

@@ -26,20 +26,20 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from rich.console import Console
 
 from dacdr.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, format_validation_error
 from dacdr.data.loaders import ConvertConfig, convert
 from dacdr.data.prepare import prepare
 from dacdr.data.samples import PreparedData
+from dacdr.reporting.plots import plot_scenarios
 from dacdr.reporting.summary import mean_std
+from dacdr.reporting.tables import table3_markdown
 
 PTUPCDR_SEEDS = [900, 1000, 10, 2020, 500]
 RATING_KEYS = ["mae", "rmse"]
 RANKING_KEYS = ["mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10"]
-LABELS = {"mae": "MAE", "rmse": "RMSE", "mrr": "MRR", "ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10",
-          "hr@1": "HR@1", "hr@5": "HR@5", "hr@10": "HR@10"}
 
 
 class _Strict(BaseModel):
@@ -87,6 +87,37 @@ class QuickConfig(_Strict):
     max_steps_per_epoch: int | None = Field(50, gt=0)
 
 
+class ModelSelection(_Strict):
+    """`models: {families: [...], names: [...], exclude: [...]}`: the paper-table models of `families`, plus
+    `names`, less `exclude`, in the paper's order (the registry's metadata: `dacdr.models.select_models`)."""
+
+    families: list[str] = Field(default_factory=list, description="registry families, e.g. id-bridge, multi-domain")
+    names: list[str] = Field(default_factory=list, description="models added by name")
+    exclude: list[str] = Field(default_factory=list, description="models left out")
+
+
+def resolve_models(value: Any) -> Any:
+    """An experiment's `models`: a list of registry names as written, `all` (every model of the paper's tables,
+    `dacdr.models.paper_order()`), or a `ModelSelection` mapping; the result is the list of names."""
+    from dacdr.models import paper_order, select_models
+
+    if value == "all":
+        return paper_order()
+    if not isinstance(value, dict):
+        return value
+    try:
+        sel = ModelSelection.model_validate(value)
+    except ValidationError as e:
+        raise ValueError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    try:
+        names = select_models(sel.families, sel.names, sel.exclude)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if not names:
+        raise ValueError(f"the selection {value} names no model")
+    return names
+
+
 class ExperimentConfig(_Strict):
     """A whole experiment, as written in ``configs/experiments/*.yaml``."""
 
@@ -98,7 +129,8 @@ class ExperimentConfig(_Strict):
     data: ConvertConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
     ranking: RankingConfig | None = Field(None, description="set for P3 (ranking) experiments")
-    models: list[str] = Field(min_length=1, description="registry names; each must be registered")
+    models: list[str] = Field(
+        min_length=1, description="registry names (each must be registered), `all`, or {families, names, exclude}")
     optional_models: list[str] = Field(
         default_factory=list, description="registry names run when registered, skipped (with a note) otherwise"
     )
@@ -106,6 +138,8 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(progress=False))
     quick: QuickConfig = Field(default_factory=QuickConfig)
     cache_dir: str = Field("runs/converted", description="where converted datasets are kept (relative: to cwd)")
+
+    _models = field_validator("models", mode="before")(resolve_models)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -212,7 +246,7 @@ def run_experiment(
     """Run every (scenario, seed, model) of ``cfg``; write metrics.json, table.md and plots into ``out``."""
     from dacdr.models import get_entry, model_names
     from dacdr.ranking import ranking_report, sample_candidates
-    from dacdr.runner import train_run
+    from dacdr.recipes.train import train_run
     from dacdr.training.checkpoint import load_model
 
     console = console or Console()
@@ -316,9 +350,9 @@ def run_experiment(
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default) + "\n")
-    table = markdown_table(metrics)
+    table = table3_markdown(metrics)
     (out / "table.md").write_text(table)
-    results_plot(metrics, out / "results.png")
+    plot_scenarios(metrics, out / "results.png")
     console.print(table)
     log(f"wrote {out}/metrics.json, table.md, results.png in {metrics['wall_seconds']:.0f} s")
     return metrics
@@ -404,65 +438,7 @@ def _write_scenario(directory: Path, scenario: dict[str, Any], histories: dict[s
         plot_validation_curves(histories, metric, directory / "validation_curves.png")
 
 
-def _cell(stat: dict[str, float]) -> str:
-    if stat["mean"] != stat["mean"]:  # NaN
-        return "n/a"
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
-def markdown_table(metrics: dict[str, Any]) -> str:
-    """Table 3 layout: one row per model; for P2 the columns are MAE / RMSE per beta, for P3 the ranking
-    metrics. One table per target domain; cells are mean ± std over the seeds."""
-    keys = metrics["metric_keys"]
-    scenarios = metrics["scenarios"]
-    first = next(iter(scenarios.values()))
-    domains = list(next(iter(first["models"].values()), {}))
-    seeds = ", ".join(map(str, metrics["seeds"]))
-    lines = [f"## {metrics['experiment']}: {metrics['protocol']}, cold-start users, mean ± std over "
-             f"{len(metrics['seeds'])} seed(s) ({seeds})", ""]
-    if metrics.get("quick"):
-        lines += ["*Quick run: a smoke test, not a result.*", ""]
-    for d in domains:
-        header = ["model"] + [f"{LABELS[k]} ({s})" if len(scenarios) > 1 else LABELS[k]
-                              for s in scenarios for k in keys]
-        lines += [f"### {metrics['dataset']['source']} → {d}", "", "| " + " | ".join(header) + " |",
-                  "|" + "---|" * len(header)]
-        for name in first["models"]:
-            cells = [_cell(scenarios[s]["models"][name][d][k]) if d in scenarios[s]["models"].get(name, {}) else "n/a"
-                     for s in scenarios for k in keys]
-            lines.append("| " + " | ".join([name, *cells]) + " |")
-        lines.append("")
-    if metrics.get("models_skipped"):
-        lines += [f"Not registered in this build, skipped: {', '.join(metrics['models_skipped'])}.", ""]
-    return "\n".join(lines)
 
 
-def results_plot(metrics: dict[str, Any], path: Path) -> Path:
-    """Grouped bars of the headline metric (RMSE for P2, NDCG@10 for P3) per scenario and model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = "ndcg@10" if metrics["task"] == "ranking" else "rmse"
-    scenarios = metrics["scenarios"]
-    models = list(next(iter(scenarios.values()))["models"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(scenarios) * max(1, len(models)) / 3), 4.2))
-    width = 0.8 / max(1, len(models))
-    x = np.arange(len(scenarios))
-    for j, name in enumerate(models):
-        means, stds = [], []
-        for s in scenarios.values():
-            per_domain = list(s["models"].get(name, {}).values())
-            means.append(np.nanmean([m[key]["mean"] for m in per_domain]) if per_domain else np.nan)
-            stds.append(np.nanmean([m[key]["std"] for m in per_domain]) if per_domain else np.nan)
-        ax.bar(x + (j - (len(models) - 1) / 2) * width, means, width, yerr=stds, label=name, capsize=2)
-    ax.set_xticks(x, list(scenarios))
-    ax.set_ylabel(f"{LABELS[key]} (cold-start users; mean ± std over seeds)")
-    ax.set_title(f"{metrics['experiment']} ({metrics['protocol']})")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
