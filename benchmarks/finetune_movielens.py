@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune import VARIANTS, compare_seed, drop_domain, summary_table  # noqa: E402
 
 from dacdr.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from dacdr.data.loaders import ConvertConfig, convert  # noqa: E402
+from dacdr.data.loaders import convert, convert_config  # noqa: E402
 from dacdr.data.prepare import prepare  # noqa: E402
 from dacdr.training.finetune import restrict_split  # noqa: E402
 
@@ -58,7 +58,7 @@ def make_datasets(root: Path, raw: Path) -> tuple[Path, Path]:
     if not (full / "dataset.json").exists():
         if not (raw / "ml-1m.inter").is_file():
             raise FileNotFoundError(f"{raw}: no ml-1m.inter (pass --data, the RecBole movielens-1m folder)")
-        cfg = ConvertConfig(format="recbole", name="movielens-1m-genres", source="Comedy",
+        cfg = convert_config(format="recbole", name="movielens-1m-genres", source="Comedy",
                             targets=[d for d in GROUPS if d != "Comedy"], files={"all": str(raw / "ml-1m.inter")},
                             item_file=str(raw / "ml-1m.item"), genre_domains=GROUPS)
         convert(cfg, full, overwrite=True)

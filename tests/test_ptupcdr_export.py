@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dacdr.data.dataset import load_dataset
-from dacdr.data.loaders import ConvertConfig, convert
+from dacdr.data.loaders import convert, convert_config
 from dacdr.data.ptupcdr import FILES, export_ptupcdr
 from dacdr.data.samples import prepare
 
@@ -34,7 +34,7 @@ def write_amazon_pair(root: Path, n_users: int = 60, seed: int = 0) -> Path:
                                          "unixReviewTime": int(rng.integers(1_000, 2_000))}))
         with gzip.open(root / f"reviews_{domain}_5.json.gz", "wt") as f:
             f.write("\n".join(lines) + "\n")
-    cfg = ConvertConfig(format="amazon-2014", name="pair", source="Books", targets=["Movies"],
+    cfg = convert_config(format="amazon-2014", name="pair", source="Books", targets=["Movies"],
                         files={d: str(root / f"reviews_{d}_5.json.gz") for d in ("Books", "Movies")})
     return convert(cfg, root / "ds", log=lambda _: None)
 
@@ -122,7 +122,7 @@ def test_export_rejects_a_ctr_dataset(tiny_prepared, tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "amazon-dense").is_dir(), reason="../shared/data is absent")
 def test_amazon_dense_export(tmp_path):
-    cfg = ConvertConfig(format="recbole", name="amazon-dense", source="Books", targets=["Movies_and_TV"],
+    cfg = convert_config(format="recbole", name="amazon-dense", source="Books", targets=["Movies_and_TV"],
                         files={"Books": str(SHARED / "amazon-dense" / "Amazon-Books-Dense.inter"),
                                "Movies_and_TV": str(SHARED / "amazon-dense" / "Amazon-Movies-Dense.inter")})
     data = load_dataset(convert(cfg, tmp_path / "ds", log=lambda _: None))

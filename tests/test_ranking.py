@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dacdr.data.dataset import load_dataset
-from dacdr.data.loaders import ConvertConfig, convert
+from dacdr.data.loaders import convert, convert_config
 from dacdr.data.samples import prepare
 from dacdr.models.base import RecModel
 from dacdr.ranking import ranking_report, sample_candidates
@@ -20,7 +20,7 @@ from tests.data.loaders.test_cdrib import write_cdrib
 def cdrib_prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("cdrib")
     files = write_cdrib(root / "raw")
-    cfg = ConvertConfig(format="cdrib", name="c", source="game", targets=["video"], files=files,
+    cfg = convert_config(format="cdrib", name="c", source="game", targets=["video"], files=files,
                         n_shared_users=3, train_negatives=1, valid_negatives=3)
     return prepare(load_dataset(convert(cfg, root / "ds", log=lambda _: None)), protocol="periods", max_len=8)
 

@@ -155,17 +155,25 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a YAML run config; `overrides` are dotted keys (``train.epochs``) set on top."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of a YAML file; a missing file, bad YAML or another top level is a `ConfigError`
+    naming the file (`what` says what it should have been)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such config file") from e
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise ConfigError(f"{path}: no such {what}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML run config; `overrides` are dotted keys (``train.epochs``) set on top."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")

@@ -49,24 +49,22 @@ def convert(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing directory")] = False,
 ) -> None:
     """Convert raw files (Amazon, RecBole, CSV/Parquet, CDRIB) into the dacdr dataset layout."""
-    import yaml
+    from pydantic import ValidationError
 
-    from dacdr.config import ConfigError
-    from dacdr.data.loaders import ConvertConfig
+    from dacdr.config import ConfigError, format_validation_error, read_yaml_mapping
     from dacdr.data.loaders import convert as run_convert
+    from dacdr.data.loaders import convert_config
     from dacdr.recipes.experiment import _substitute, load_experiment
 
-    raw = yaml.safe_load(config.read_text()) if config.is_file() else None
-    if raw is None:
-        raise FileNotFoundError(f"{config}: no such config file")
-    if isinstance(raw, dict) and "data" in raw:
+    raw = read_yaml_mapping(config)
+    if "data" in raw:
         data = load_experiment(config, _params(param)).data
     else:
         params = {**(raw.pop("params", None) or {}), **_params(param)}
         try:
-            data = ConvertConfig.model_validate(_substitute(raw, {k: str(v) for k, v in params.items()}))
-        except Exception as e:  # pydantic's message names the field
-            raise ConfigError(f"{config}: {e}") from e
+            data = convert_config(_substitute(raw, {k: str(v) for k, v in params.items()}))
+        except ValidationError as e:  # each line names the format and the field
+            raise ConfigError(format_validation_error(e, str(config))) from e
         data = data.resolve(config.parent)
     run_convert(data, out, overwrite=overwrite, log=console.print)
 

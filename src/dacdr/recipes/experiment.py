@@ -1,7 +1,7 @@
 """`dacdr experiment`: config -> data conversion (cached) -> split per (beta, seed) -> models -> report.
 
 An experiment config (``configs/experiments/*.yaml``) names the raw files and their format (a
-:class:`dacdr.data.loaders.ConvertConfig`), the protocol (P2 ratings with cold-start shares beta, or P3
+:data:`dacdr.data.loaders.ConvertConfig`: the options of that format's loader), the protocol (P2 ratings with cold-start shares beta, or P3
 ranking on a published split), the seeds, the models (registry names) and the training settings. The
 runner converts the raw data once (cached by the conversion config), prepares each split once (the
 sample cache), trains every model on every (beta, seed), and writes:
@@ -29,7 +29,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from rich.console import Console
 
-from dacdr.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, format_validation_error
+from dacdr.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    format_validation_error,
+    read_yaml_mapping,
+)
 from dacdr.data.loaders import ConvertConfig, convert
 from dacdr.data.prepare import prepare
 from dacdr.data.samples import PreparedData
@@ -177,14 +185,7 @@ def load_experiment(path: str | Path, params: dict[str, str] | None = None) -> E
     """Read, substitute ``{param}`` placeholders in ``data``, validate; relative data paths resolve against
     the config file's folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such experiment config") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "experiment config")
     merged = {**(raw.get("params") or {}), **(params or {})}
     raw["params"] = {k: str(v) for k, v in merged.items()}
     if "data" in raw:

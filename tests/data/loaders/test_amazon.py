@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from dacdr.data.dataset import load_dataset
-from dacdr.data.loaders import ConvertConfig, convert
+from dacdr.data.loaders import convert, convert_config
 from dacdr.data.loaders.amazon import read_metadata, read_reviews
 from dacdr.data.loaders.lines import Rejects
 
@@ -108,7 +108,7 @@ def test_convert_two_domains_end_to_end(tmp_path):
     movies = _write(tmp_path / "reviews_Movies_and_TV_5.json.gz", [
         _review("a", "m1", 3, 50), _review("c", "m1", 9, 60)])  # rating 9: outside [1, 5], rejected
     meta = _write(tmp_path / "meta_Books.json.gz", ["{'asin': 'b1', 'categories': [['Books', 'Poetry']]}"])
-    cfg = ConvertConfig(format="amazon-2014", name="tiny-amazon", source="Books", targets=["Movies_and_TV"],
+    cfg = convert_config(format="amazon-2014", name="tiny-amazon", source="Books", targets=["Movies_and_TV"],
                         files={"Books": str(books), "Movies_and_TV": str(movies)}, metadata={"Books": str(meta)})
     out = convert(cfg, tmp_path / "ds", log=lambda _: None)
     data = load_dataset(out)
@@ -126,7 +126,7 @@ def test_convert_two_domains_end_to_end(tmp_path):
 
 
 def test_missing_file_is_named(tmp_path):
-    cfg = ConvertConfig(format="amazon-2014", name="x", source="A", targets=["B"],
+    cfg = convert_config(format="amazon-2014", name="x", source="A", targets=["B"],
                         files={"A": str(tmp_path / "nope.json.gz"), "B": str(tmp_path / "nope2.json.gz")})
     with pytest.raises(FileNotFoundError, match="files.A"):
         convert(cfg, tmp_path / "out", log=lambda _: None)
@@ -134,7 +134,7 @@ def test_missing_file_is_named(tmp_path):
 
 def test_config_rejects_a_domain_without_file():
     with pytest.raises(ValueError, match="no file for domain"):
-        ConvertConfig(format="amazon-2014", name="x", source="A", targets=["B"], files={"A": "a.json"})
+        convert_config(format="amazon-2014", name="x", source="A", targets=["B"], files={"A": "a.json"})
 
 
 def test_gzipped_csv_and_recbole_files(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from dacdr.data.dataset import load_dataset
-from dacdr.data.loaders import ConvertConfig, convert
+from dacdr.data.loaders import convert, convert_config
 from dacdr.data.samples import prepare
 
 N_SHARED = 3
@@ -36,7 +36,7 @@ def write_cdrib(root: Path) -> dict[str, str]:
 
 def test_cdrib_conversion_and_periods_split(tmp_path):
     files = write_cdrib(tmp_path / "raw")
-    cfg = ConvertConfig(format="cdrib", name="c", source="game", targets=["video"], files=files,
+    cfg = convert_config(format="cdrib", name="c", source="game", targets=["video"], files=files,
                         n_shared_users=N_SHARED, train_negatives=2, valid_negatives=5, negative_seed=1)
     data = load_dataset(convert(cfg, tmp_path / "ds", log=lambda _: None))
     inter = data.interactions

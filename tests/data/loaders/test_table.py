@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from dacdr.data.dataset import load_dataset
-from dacdr.data.loaders import ConvertConfig, convert
+from dacdr.data.loaders import convert, convert_config
 from dacdr.data.loaders.lines import Rejects
 from dacdr.data.loaders.table import read_ratings_table
 
@@ -36,7 +36,7 @@ def test_recbole_typed_header_and_bad_rows(tmp_path):
 def test_recbole_without_timestamps_dedup_mean(tmp_path):
     books = _text(tmp_path / "B.inter", "user_id\titem_id\trating\nu1\tb1\t2.0\nu1\tb1\t4.0\nu2\tb2\t5.0\n")
     movies = _text(tmp_path / "M.inter", "user_id\titem_id\trating\nu1\tm1\t3.0\nu2\tm1\t1.0\n")
-    cfg = ConvertConfig(format="recbole", name="dense", source="Books", targets=["Movies"],
+    cfg = convert_config(format="recbole", name="dense", source="Books", targets=["Movies"],
                         files={"Books": str(books), "Movies": str(movies)}, duplicates="mean")
     data = load_dataset(convert(cfg, tmp_path / "ds", **QUIET))
     assert not data.spec.has_timestamps
@@ -55,7 +55,7 @@ def test_movielens_style_genre_domains(tmp_path):
     items = _text(tmp_path / "ml.item", "item_id:token\tgenre:token_seq\n"
                   "Toy Story (1995)\tAnimation Children's Comedy\nHeat (1995)\tAction Crime Thriller\n"
                   "Comedy Drama (1990)\tComedy Drama\nDocu (2000)\tDocumentary\n")
-    cfg = ConvertConfig(format="recbole", name="ml", source="Comedy", targets=["Drama", "Action"],
+    cfg = convert_config(format="recbole", name="ml", source="Comedy", targets=["Drama", "Action"],
                         files={"all": str(inter)}, item_file=str(items),
                         genre_domains={"Drama": ["Drama"], "Action": ["Action"], "Comedy": ["Comedy"]})
     data = load_dataset(convert(cfg, tmp_path / "ds", **QUIET))
@@ -68,7 +68,7 @@ def test_csv_and_parquet_with_column_mapping(tmp_path):
     csv = _text(tmp_path / "src.csv", "who;what;stars;when\nx;1;5;1000\ny;2;3;2000\n")
     pl.DataFrame({"uid": ["x", "z", None], "iid": [7, 8, 9], "score": [4.0, 2.0, 1.0],
                   "t": [1500, 2500, 3500]}).write_parquet(tmp_path / "tgt.parquet")
-    cfg_csv = ConvertConfig(format="table", name="t", source="S", targets=["T"], separator=";",
+    cfg_csv = convert_config(format="table", name="t", source="S", targets=["T"], separator=";",
                             files={"S": str(csv), "T": str(tmp_path / "tgt.parquet")},
                             columns={"user": "who", "item": "what", "rating": "stars", "timestamp": "when"})
     with pytest.raises(ValueError, match="not found"):  # the parquet names its columns differently

@@ -17,11 +17,16 @@ from __future__ import annotations
 import ast
 import io
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import polars as pl
+from pydantic import Field
 
+from dacdr.data.dataset import CrossDomainData
+from dacdr.data.loaders.base import Log, RatingOptions, reading, register_loader
+from dacdr.data.loaders.common import reject_out_of_range
 from dacdr.data.loaders.lines import DEFAULT_BLOCK_BYTES, Rejects, iter_blocks, parse_lines
 
 # format -> (user field, item field, rating field, time field, seconds per time unit divisor)
@@ -143,3 +148,35 @@ def read_metadata(
             brands.append(brand if isinstance(brand, str) and brand.strip() else None)
     return pl.DataFrame({"item": ids, "category": categories, "brand": brands},
                         schema={"item": pl.String, "category": pl.String, "brand": pl.String})
+
+
+@register_loader
+class AmazonOptions(RatingOptions):
+    """Amazon review dumps, one file per domain, with optional metadata files for item category and brand."""
+
+    format: Literal["amazon-2014", "amazon-2014-csv", "amazon-2018", "amazon-2023"]
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="domain -> metadata file (item category and brand)"
+    )
+
+    path_fields: ClassVar[tuple[str, ...]] = ("metadata",)
+
+    def load(self, rejects: Rejects, log: Log = print, stats: dict | None = None) -> CrossDomainData:
+        block = self.block_mb << 20
+        tables: dict[str, pl.DataFrame] = {}
+        for domain, path in self.files.items():
+            t0 = time.perf_counter()
+            with reading(path):
+                df, n = read_reviews(path, self.format, rejects, block)
+            log(f"{domain}: {n:,} lines read from {Path(path).name}, {df.height:,} ratings "
+                f"({time.perf_counter() - t0:.1f} s)")
+            tables[domain] = reject_out_of_range(df, self.label_range, Path(path).name, rejects)
+        item_features = None
+        if self.metadata:
+            wanted = set(pl.concat([t["item"] for t in tables.values()]).unique().to_list())
+            metas = []
+            for p in self.metadata.values():
+                with reading(p):
+                    metas.append(read_metadata(p, rejects, wanted, block))
+            item_features = pl.concat(metas).unique(subset="item", keep="first")
+        return self.rating_dataset(tables, rejects, log, stats, item_features=item_features)

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
 from dacdr.data.dataset import SCHEMA_VERSION, CrossDomainData, DatasetSpec
+from dacdr.data.loaders.base import LoaderOptions, Log, register_loader
 from dacdr.data.loaders.lines import Rejects
 from dacdr.data.loaders.table import read_ratings_table
 
@@ -160,3 +163,25 @@ def convert_cdrib(
         },
     )
     return CrossDomainData(spec=spec, interactions=inter, items=items, domains=domains)
+
+
+@register_loader
+class CdribOptions(LoaderOptions):
+    """One direction (`source` -> the first target) of the CDRIB splits; `files`: domain -> its folder."""
+
+    format: Literal["cdrib"]
+    n_shared_users: int = Field(gt=0, description="user ids below this are shared (2179 for the published "
+                                "game / video splits)")
+    train_negatives: int = Field(4, ge=1, description="sampled negatives per training positive")
+    valid_negatives: int = Field(99, ge=1, description="sampled negatives per validation positive")
+    negative_seed: int = Field(0, description="seed of the sampled training / validation negatives")
+
+    folders: ClassVar[bool] = True
+
+    def load(self, rejects: Rejects, log: Log = print, stats: dict | None = None) -> CrossDomainData:
+        return convert_cdrib(
+            {d: Path(p) for d, p in self.files.items()}, self.source, self.targets[0],
+            n_shared_users=self.n_shared_users, train_negatives=self.train_negatives,
+            valid_negatives=self.valid_negatives, negative_seed=self.negative_seed, rejects=rejects,
+            name=self.name, log=log,
+        )

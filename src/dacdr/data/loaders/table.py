@@ -1,18 +1,24 @@
 """Delimited text (CSV, TSV, RecBole atomic files) and Parquet tables with a column mapping.
 
-RecBole atomic files (``.inter``, ``.item``, ``.user``) are tab-separated with a header of
-``name:type`` fields (``user_id:token``); the ``:type`` suffix is dropped. Any other CSV / TSV / Parquet is
-read with the column names given in the config (``columns: {user: ..., item: ..., rating: ...,
-timestamp: ...}``); without a header, columns are named ``column_1``, ``column_2``, ...
+Format ``table``: any CSV / TSV / Parquet, one file per domain, read with the column names given in the
+config (``columns: {user: ..., item: ..., rating: ..., timestamp: ...}``); without a header, columns are
+named ``column_1``, ``column_2``, ... A new dataset of this shape is one YAML (docs/datasets.md).
+RecBole atomic files (``.inter``, ``.item``, ``.user``; format ``recbole``, :mod:`.recbole`) are
+tab-separated with a header of ``name:type`` fields (``user_id:token``); the ``:type`` suffix is dropped.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
+from pydantic import Field
 
+from dacdr.data.dataset import CrossDomainData
+from dacdr.data.loaders.base import Log, RatingOptions, reading, register_loader
+from dacdr.data.loaders.common import reject_out_of_range
 from dacdr.data.loaders.lines import DEFAULT_BLOCK_BYTES, Rejects, open_text_bytes, parse_lines
 
 RATING_FIELDS = ("user", "item", "rating", "timestamp")
@@ -112,3 +118,48 @@ def read_recbole_items(path: str | Path, genre_field: str = "genre") -> pl.DataF
     if "item_id" not in df.columns:
         raise ValueError(f"{Path(path).name}: no item_id column (columns: {names})")
     return df
+
+
+def default_columns() -> dict[str, str]:
+    return {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
+
+
+class ColumnOptions(RatingOptions):
+    """Ratings in tables whose columns are mapped by name."""
+
+    columns: dict[str, str] = Field(
+        default_factory=default_columns,
+        description="user, item, rating[, timestamp] -> the file's column names",
+    )
+    timestamp_divisor: int = Field(1, gt=0, description="divide timestamps by this (1000 for ms)")
+
+    def read_tables(
+        self, rejects: Rejects, log: Log, separator: str, header: bool, columns: dict[str, dict[str, str]] | None = None
+    ) -> tuple[dict[str, pl.DataFrame], bool]:
+        """Each file's ratings (range-checked), keyed as in `files`, and whether all have timestamps;
+        `columns` overrides the mapping per key."""
+        tables: dict[str, pl.DataFrame] = {}
+        has_ts = True
+        for key, path in self.files.items():
+            with reading(path):
+                df, n, ts = read_ratings_table(path, (columns or {}).get(key, self.columns), rejects,
+                                               separator=separator, header=header,
+                                               timestamp_divisor=self.timestamp_divisor,
+                                               block_bytes=self.block_mb << 20)
+            has_ts = has_ts and ts
+            log(f"{key}: {n:,} lines read from {Path(path).name}, {df.height:,} ratings")
+            tables[key] = reject_out_of_range(df, self.label_range, Path(path).name, rejects)
+        return tables, has_ts
+
+
+@register_loader
+class TableOptions(ColumnOptions):
+    """Any CSV / TSV / Parquet of ratings, one file per domain."""
+
+    format: Literal["table"]
+    separator: str = Field(",", description="field separator ('\\t' for TSV); Parquet ignores it")
+    header: bool = Field(True, description="whether the first line names the columns")
+
+    def load(self, rejects: Rejects, log: Log = print, stats: dict | None = None) -> CrossDomainData:
+        tables, has_ts = self.read_tables(rejects, log, self.separator, self.header)
+        return self.rating_dataset(tables, rejects, log, stats, has_timestamps=has_ts)
