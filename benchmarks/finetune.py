@@ -4,7 +4,7 @@ A synthetic world with four targets is generated; `target_4` (its domain row, it
 dropped for the base training. Per seed, on the same test day, cold-start users of `target_4`:
 
 - **no fine-tuning**: the base model with `target_4`'s rows added (mean-initialised), nothing trained;
-- **fine-tuned**: `dacdr.training.finetune` (new rows + attention projections, on `target_4`'s rows);
+- **fine-tuned**: `dacdr.recipes.finetune` (new rows + attention projections, on `target_4`'s rows);
 - **full retraining**: DACDR trained from scratch on all four targets;
 - **new domain alone**: DACDR trained from scratch on `target_4`'s rows only.
 

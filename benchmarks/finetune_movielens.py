@@ -11,7 +11,7 @@ Protocol: P2 leak-free, as `configs/experiments/movielens-1m.yaml` (20 % of each
 held out as cold-start test users, all their target ratings hidden; each source sequence holds only the
 Comedy ratings made before the rating being predicted; split seed 0 for every variant and model seed, so
 all compare on the same cold-start users). Per model seed, on `Thriller`'s cold-start users (MAE / RMSE):
-no fine-tuning, fine-tuned (`dacdr.training.finetune`), full retraining on all four groups, and DACDR
+no fine-tuning, fine-tuned (`dacdr.recipes.finetune`), full retraining on all four groups, and DACDR
 trained on `Thriller`'s rows alone. The shared code is `benchmarks/finetune.py`'s.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune_movielens.py --seeds 3 --epochs 3 \
