@@ -147,3 +147,15 @@ def test_resume_accepts_a_config_written_before_a_new_default_field(tmp_path, ha
     del saved["train"]["device"]
     (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     assert runner.invoke(app, ["train", str(cfg), "--out", str(run)]).exit_code == 0
+
+
+def test_models_lists_the_papers_order_with_families():
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("Pop [floor]: dacdr.models.pop.Pop")
+    names = [line.split(" [")[0].split(":")[0] for line in lines]
+    from dacdr.models import model_names, paper_order
+
+    assert names[: len(paper_order())] == paper_order() and sorted(names) == sorted(model_names())
+    assert "DACDR w/o DA [dacdr]: dacdr.models.dacdr.DACDR (variant=no_da)" in r.output

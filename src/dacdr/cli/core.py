@@ -108,13 +108,15 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a run directory writt
 
 @app.command("models")
 def list_models() -> None:
-    """List the registered models."""
-    from dacdr.models import get_entry, model_names
+    """List the registered models: the paper's table rows in its order, then the others; with each its family."""
+    from dacdr.models import get_entry, model_names, paper_order
 
-    for name in model_names():
+    order = paper_order()
+    for name in [*order, *(m for m in model_names() if m not in order)]:
         e = get_entry(name)
         extra = f" ({', '.join(f'{k}={v}' for k, v in e.fixed.items())})" if e.fixed else ""
-        console.print(f"{name}: {e.cls.__module__}.{e.cls.__name__}{extra}")
+        family = f" \\[{e.family}]" if e.family else ""
+        console.print(f"{name}{family}: {e.cls.__module__}.{e.cls.__name__}{extra}", soft_wrap=True)
 
 
 def _print_results(results: dict) -> None:
