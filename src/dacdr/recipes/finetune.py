@@ -7,23 +7,20 @@ and writes an ordinary run directory with a `finetune.json` report.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dacdr.config import RunConfig, TrainConfig
 from dacdr.data.batches import BatchGatherer
 from dacdr.data.prepare import prepare
 from dacdr.data.samples import PreparedData
 from dacdr.evaluation import per_domain_metrics, predict
+from dacdr.fsutil import sha256_file
 from dacdr.models import RecModel
 from dacdr.package import run_prepared
-from dacdr.training.checkpoint import load_model
 from dacdr.training.finetune import (
     FinetuneTrainer,
     align_to_vocabularies,
@@ -32,6 +29,7 @@ from dacdr.training.finetune import (
     restrict_split,
     trainable_rows,
 )
+from dacdr.training.rundir import RunDir
 
 FINETUNE_REPORT = "finetune.json"
 
@@ -53,12 +51,12 @@ def finetune(
     returns the report: trainable / total parameters, wall time, and the new domain's test metrics before
     and after fine-tuning.
     """
-    base_run, out, data_dir = Path(base_run), Path(out), Path(data_dir)
-    base_model, desc = load_model(base_run)
-    base_prepared, _ = run_prepared(base_run)
-    base_cfg = RunConfig.model_validate(yaml.safe_load((base_run / "config.yaml").read_text()))
+    base, out, data_dir = RunDir(base_run), Path(out), Path(data_dir)
+    base_cfg = base.read_config()
+    base_model, desc = base.load_model()
+    base_prepared, _ = run_prepared(base.path)
     if domain in base_prepared.vocabs["domain"].index:
-        raise ValueError(f"domain {domain!r} is already known to the base model {base_run}")
+        raise ValueError(f"domain {domain!r} is already known to the base model {base.path}")
     if not (data_dir / "dataset.json").is_file():
         raise FileNotFoundError(f"{data_dir}: no dataset.json; --data must be a dataset directory")
     data_cfg = base_cfg.data.model_copy(update={"path": str(data_dir), "synthetic": None})
@@ -83,25 +81,24 @@ def finetune(
     tuned = restrict_split(prepared, domain)
     before = _domain_metrics(model, tuned, domain, train_cfg.eval_batch_size)
 
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out).create()
     # An interrupted fine-tuning resumes, but only from the same base weights: the run's config is the base
     # run's, so it cannot tell a retrained base model from the old one.
-    base_digest = hashlib.sha256((base_run / "model.safetensors").read_bytes()).hexdigest()
-    marker = out / "finetune_base.sha256"
-    if (out / "resume").exists() and (not marker.is_file() or marker.read_text().strip() != base_digest):
+    base_digest = sha256_file(base / RunDir.WEIGHTS)
+    marker = run / "finetune_base.sha256"
+    if run.resume_dir.exists() and (not marker.is_file() or marker.read_text().strip() != base_digest):
         log(f"{out}: its resume state was fine-tuned from other base weights; starting over")
-        shutil.rmtree(out / "resume")
+        shutil.rmtree(run.resume_dir)
     marker.write_text(base_digest + "\n")
-    prepared.vocabs.save(out / "vocabs.json")
-    run_cfg = RunConfig(data=data_cfg, model=base_cfg.model, train=train_cfg, out=str(out))
-    (out / "config.yaml").write_text(yaml.safe_dump(run_cfg.model_dump(), sort_keys=False))
+    prepared.vocabs.save(run / RunDir.VOCABS)
+    run.write_config(RunConfig(data=data_cfg, model=base_cfg.model, train=train_cfg, out=str(out)))
     trainer = FinetuneTrainer(tuned, model, desc["name"], train_cfg, out, masks=masks)
     t0 = time.perf_counter()
     history = trainer.fit()
     train_seconds = time.perf_counter() - t0
     results = trainer.evaluate()
     report = {
-        "base_run": str(base_run), "data": str(data_dir), "domain": domain, "model": desc["name"],
+        "base_run": str(base.path), "data": str(data_dir), "domain": domain, "model": desc["name"],
         "trainable_parameters": trainable, "total_parameters": total,
         "trainable_share": trainable / total,
         "train_seconds": round(train_seconds, 2), "prepare_seconds": round(prep_seconds, 2),
