@@ -12,6 +12,7 @@ from dacdr.models.registry import (
     baselines,
     create_model,
     dacdr_variants,
+    data_params,
     families,
     get_entry,
     model_names,
@@ -23,5 +24,5 @@ from dacdr.models.registry import (
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["RecModel", "baselines", "create_model", "dacdr_variants", "families", "get_entry", "model_names",
-           "paper_order", "register", "select_models"]
+__all__ = ["RecModel", "baselines", "create_model", "dacdr_variants", "data_params", "families", "get_entry",
+           "model_names", "paper_order", "register", "select_models"]

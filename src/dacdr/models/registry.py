@@ -189,6 +189,12 @@ def validate_params(name: str, params: dict[str, Any], prefix: str = "model.para
         raise ModelParamsError(name, errors, prefix)
 
 
+def data_params(name: str, n_users: int) -> dict[str, Any]:
+    """The constructor arguments that come from the data rather than a config: the user vocabulary size
+    (`n_users`) for the models that embed user ids (`"user"` among their inputs)."""
+    return {"n_users": n_users} if "user" in get_entry(name).cls.inputs else {}
+
+
 def create_model(name: str, spec: FeatureSpec, **params: Any) -> RecModel:
     entry = get_entry(name)
     validate_params(name, params)

@@ -31,7 +31,7 @@ from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dacdr.data.prepare import prepare
 from dacdr.data.samples import PreparedData
 from dacdr.data.synthetic import SyntheticConfig, generate, get_preset
-from dacdr.models import baselines, dacdr_variants, get_entry, paper_order
+from dacdr.models import baselines, dacdr_variants, data_params, get_entry, paper_order
 from dacdr.recipes.train import train_run
 from dacdr.reporting.plots import plot_table2
 from dacdr.reporting.significance import ablation_tests, paired_tests
@@ -82,28 +82,7 @@ def bench_settings(preset: str = "industrial", seeds: int = 3, quick: bool = Fal
 def model_params(name: str, prepared: PreparedData, dim: int) -> dict[str, Any]:
     """Constructor arguments of `name` on `prepared`: the shared embedding size, and the user vocabulary size
     for the models that embed user ids."""
-    params: dict[str, Any] = {"dim": dim}
-    if "user" in get_entry(name).cls.inputs:
-        params["n_users"] = len(prepared.vocabs["user"])
-    return params
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+    return {"dim": dim, **data_params(name, len(prepared.vocabs["user"]))}
 
 
 def run_bench(

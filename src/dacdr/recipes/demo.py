@@ -29,7 +29,6 @@ def demo_models() -> list[str]:
     return [*dacdr_variants(), "DNN-multi"]
 
 
-
 def demo_settings(quick: bool, preset: str = "demo") -> tuple[Any, TrainConfig]:
     """The data preset and training settings of the full and the quick demo."""
     if quick:

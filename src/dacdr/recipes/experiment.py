@@ -1,8 +1,9 @@
 """`dacdr experiment`: config -> data conversion (cached) -> split per (beta, seed) -> models -> report.
 
 An experiment config (``configs/experiments/*.yaml``) names the raw files and their format (a
-:data:`dacdr.data.loaders.ConvertConfig`: the options of that format's loader), the protocol (P2 ratings with cold-start shares beta, or P3
-ranking on a published split), the seeds, the models (registry names) and the training settings. The
+:data:`dacdr.data.loaders.ConvertConfig`: the options of that format's loader), the protocol (P2 ratings with
+cold-start shares beta, or P3 ranking on a published split), the seeds, the models (registry names, `all`, or
+a selection by family) and the training settings. The
 runner converts the raw data once (cached by the conversion config), prepares each split once (the
 sample cache), trains every model on every (beta, seed), and writes:
 
@@ -360,17 +361,11 @@ def run_experiment(
 
 
 def model_params(name: str, params: dict[str, Any], prepared: PreparedData) -> dict[str, Any]:
-    """``params`` plus the data-dependent arguments a model's constructor asks for (``n_users`` for the
-    models with user-id embeddings: CMF, EMCDR, SSCDR, PTUPCDR)."""
-    import inspect
+    """``params`` plus the data-dependent arguments of the model's constructor (``n_users`` for the models
+    with user-id embeddings: `dacdr.models.data_params`)."""
+    from dacdr.models import data_params
 
-    from dacdr.models import get_entry
-
-    accepted = inspect.signature(get_entry(name).cls.__init__).parameters
-    out = dict(params)
-    if "n_users" in accepted and "n_users" not in out:
-        out["n_users"] = len(prepared.vocabs["user"])
-    return out
+    return data_params(name, len(prepared.vocabs["user"])) | params
 
 
 def _json_default(o: Any) -> Any:
@@ -437,9 +432,5 @@ def _write_scenario(directory: Path, scenario: dict[str, Any], histories: dict[s
     (directory / "metrics.json").write_text(json.dumps(scenario, indent=1, default=_json_default) + "\n")
     if any(h for hs in histories.values() for h in hs):
         plot_validation_curves(histories, metric, directory / "validation_curves.png")
-
-
-
-
 
 
