@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from rich.console import Console
 
-from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from dacdr.config import DataConfig, ModelConfig, RunConfig, StrictModel, TrainConfig
 from dacdr.data.prepare import prepare
 from dacdr.data.samples import PreparedData
 from dacdr.data.synthetic import SyntheticConfig, generate, get_preset
@@ -42,10 +42,8 @@ from dacdr.reporting.tables import ablation_markdown, table2_csv, table2_markdow
 QUICK_OVERRIDES: dict[str, dict[str, Any]] = {"industrial": {"n_users": 12_000}, "mechanism": {"n_users": 6_000}}
 
 
-class BenchSettings(BaseModel):
+class BenchSettings(StrictModel):
     """Everything that decides a benchmark's numbers besides the code (recorded in metrics.json)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     preset: str = "industrial"
     preset_overrides: dict[str, Any] = Field(default_factory=dict)

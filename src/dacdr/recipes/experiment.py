@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from rich.console import Console
 
 from dacdr.config import (
@@ -35,6 +35,7 @@ from dacdr.config import (
     DataConfig,
     ModelConfig,
     RunConfig,
+    StrictModel,
     TrainConfig,
     format_validation_error,
     read_yaml_mapping,
@@ -51,11 +52,7 @@ RATING_KEYS = ["mae", "rmse"]
 RANKING_KEYS = ["mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """How test users and validation are chosen."""
 
     protocol: Literal["users", "periods"] = Field(
@@ -80,14 +77,14 @@ class SplitConfig(_Strict):
         return self
 
 
-class RankingConfig(_Strict):
+class RankingConfig(StrictModel):
     """P3 evaluation."""
 
     negatives: int = Field(999, gt=0, description="sampled negatives per test (user, item)")
     seed: int = Field(0, description="seed of the sampled negatives (the same for every model and run)")
 
 
-class QuickConfig(_Strict):
+class QuickConfig(StrictModel):
     """What `--quick` changes: a smoke run in minutes."""
 
     seeds: int = Field(1, gt=0)
@@ -96,7 +93,7 @@ class QuickConfig(_Strict):
     max_steps_per_epoch: int | None = Field(50, gt=0)
 
 
-class ModelSelection(_Strict):
+class ModelSelection(StrictModel):
     """`models: {families: [...], names: [...], exclude: [...]}`: the paper-table models of `families`, plus
     `names`, less `exclude`, in the paper's order (the registry's metadata: `dacdr.models.select_models`)."""
 
@@ -127,7 +124,7 @@ def resolve_models(value: Any) -> Any:
     return names
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """A whole experiment, as written in ``configs/experiments/*.yaml``."""
 
     name: str

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import ClassVar, Literal, Self
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from dacdr.config import StrictModel
 from dacdr.data.dataset import CrossDomainData, DatasetError
 from dacdr.data.loaders.common import build_rating_dataset
 from dacdr.data.loaders.lines import DEFAULT_BLOCK_BYTES, Rejects
@@ -28,10 +29,8 @@ from dacdr.data.loaders.lines import DEFAULT_BLOCK_BYTES, Rejects
 Log = Callable[[str], None]
 
 
-class LoaderOptions(BaseModel):
+class LoaderOptions(StrictModel):
     """The fields every format has: what the dataset is called, its domains and one input per domain."""
-
-    model_config = ConfigDict(extra="forbid")
 
     format: str = Field(description="source format (docs/datasets.md)")
     name: str = Field(description="dataset name written to dataset.json")
