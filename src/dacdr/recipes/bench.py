@@ -2,7 +2,8 @@
 
 Generates the `industrial` preset (one source, three targets with Table 1's overlaps and CTRs, scaled down),
 trains every model of the paper's table (each registered model with an `order`: the baselines, DACDR, its
-paper-literal form and its ablations) on the same prepared samples for each seed, and writes, in the output directory:
+paper-literal form and its ablations) on the same prepared samples for each seed, and writes, in the output
+directory:
 
 - `metrics.json`: the `dacdr demo` schema (`reporting.summary.build_metrics`) plus the bench settings, the
   per-seed cold-start AUCs, the paired tests and the wall time of every run;
