@@ -51,6 +51,8 @@ def run_demo(
     progress: bool = True,
     preset: str = "demo",
 ) -> dict[str, Any]:
+    """Generate the `preset` world (once), train `models` (default: `demo_models()`) for each seed on the same
+    samples, and write metrics.json, table.md, the validation curves and DACDR's attention for one user."""
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
