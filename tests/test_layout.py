@@ -16,11 +16,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-# Imports that close a cycle today, in the data path (issue 11 item 1, the lead's); each goes from here when its
-# import goes: streaming's lazy `from dacdr.data.prepare import check` while prepare builds streaming data, and
-# PreparedData.gatherer()'s lazy `from dacdr.data.batches import BatchGatherer` while batches.py imports
-# PreparedData (for an annotation only).
-KNOWN_EDGES = {("dacdr.data.streaming", "dacdr.data.prepare"), ("dacdr.data.samples", "dacdr.data.batches")}
+# Imports that close a cycle today; each goes from here when its import goes: PreparedData.gatherer()'s lazy
+# `from dacdr.data.batches import BatchGatherer` while batches.py imports PreparedData (for an annotation only).
+KNOWN_EDGES = {("dacdr.data.samples", "dacdr.data.batches")}
 
 
 def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:

@@ -60,25 +60,13 @@ def cache_entry(data: DataConfig, data_root: str | Path = "data") -> Path:
     return root / f"{'stream' if data.streaming else 'samples'}-{cache_key(data, path)}"
 
 
-def check(data: DataConfig) -> None:
-    """Reject option combinations the chosen pipeline cannot honour, before any work."""
-    if data.streaming and data.sequence_cutoff != "before":
-        raise ValueError("data.sequence_cutoff: the streaming pipeline builds leak-free sequences only "
-                         "('before'); use data.streaming: false for 'all'")
-    if data.streaming and data.protocol != "time":
-        # P2 draws its cold-start users over the whole user set of each target (splits.user_split), which a
-        # bucket-by-bucket pass cannot reproduce; P2 datasets (Amazon pairs) fit in memory anyway.
-        raise ValueError(f"data.streaming supports protocol 'time' only, got {data.protocol!r}; "
-                         "use the in-memory path (data.streaming: false)")
-
-
 def prepare(data: DataConfig, *, data_root: str | Path = "data", log: Log = print) -> TrainingData:
     """Samples, sequences and split of `data`, from the cache when an entry for this exact section exists."""
     from dacdr.data.samples import PreparedData, build
-    from dacdr.data.streaming import StreamingData, build_streaming
+    from dacdr.data.streaming import StreamingData, build_streaming, check_options
     from dacdr.fsutil import atomic_dir
 
-    check(data)
+    check_options(data)
     path = dataset_path(data, data_root)
     target = cache_entry(data, data_root)
     kind: type[PreparedData] | type[StreamingData] = StreamingData if data.streaming else PreparedData
@@ -98,4 +86,4 @@ def prepare(data: DataConfig, *, data_root: str | Path = "data", log: Log = prin
     return prepared
 
 
-__all__ = ["cache_entry", "cache_key", "check", "dataset_fingerprint", "dataset_path", "prepare"]
+__all__ = ["cache_entry", "cache_key", "dataset_fingerprint", "dataset_path", "prepare"]

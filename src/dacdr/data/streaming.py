@@ -453,11 +453,21 @@ def _bucket_samples(
     return tokens, rows, split, order
 
 
+def check_options(data: DataConfig) -> None:
+    """Reject option combinations the chosen pipeline cannot honour, before any work."""
+    if data.streaming and data.sequence_cutoff != "before":
+        raise ValueError("data.sequence_cutoff: the streaming pipeline builds leak-free sequences only "
+                         "('before'); use data.streaming: false for 'all'")
+    if data.streaming and data.protocol != "time":
+        # P2 draws its cold-start users over the whole user set of each target (splits.user_split), which a
+        # bucket-by-bucket pass cannot reproduce; P2 datasets (Amazon pairs) fit in memory anyway.
+        raise ValueError(f"data.streaming supports protocol 'time' only, got {data.protocol!r}; "
+                         "use the in-memory path (data.streaming: false)")
+
+
 def build_streaming(path: str | Path, out: Path, data: DataConfig, log: Log = print) -> None:
     """Prepare the dataset at `path` out of core into the (empty, temporary) directory `out`."""
-    from dacdr.data.prepare import check
-
-    check(data)
+    check_options(data)
     options = {"max_len": data.max_len, "protocol": data.protocol, "valid_share": data.valid_share,
                "cold_start_share": data.cold_start_share, "source_sample_rate": data.source_sample_rate,
                "seed": data.split_seed, "min_count": data.min_count, "hash_buckets": data.hash_buckets,
@@ -562,4 +572,4 @@ def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> N
         f"{sum(shards['train_target']):,} target / {sum(shards['train_source']):,} source training samples")
 
 
-__all__ = ["ShardStream", "StreamingData", "TokenGatherer", "build_streaming"]
+__all__ = ["ShardStream", "StreamingData", "TokenGatherer", "build_streaming", "check_options"]
