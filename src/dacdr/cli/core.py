@@ -90,16 +90,13 @@ def train(
 @user_errors
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="a run directory written by `dacdr train`")]) -> None:
     """Re-evaluate a run's best checkpoint on its test split."""
-    from dacdr.config import RunConfig
     from dacdr.data.prepare import prepare
-    from dacdr.training.checkpoint import load_model
+    from dacdr.training.rundir import RunDir
     from dacdr.training.trainer import Trainer
 
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path}: missing; is {run_dir} a run directory?")
-    cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-    model, desc = load_model(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    model, desc = run.load_model()
     prepared = prepare(cfg.data)
     results = Trainer(prepared, model, desc["name"], cfg.train.model_copy(update={"progress": False}),
                       run_dir).evaluate()

@@ -46,6 +46,7 @@ from dacdr.data.samples import PreparedData
 from dacdr.reporting.plots import plot_scenarios
 from dacdr.reporting.summary import mean_std
 from dacdr.reporting.tables import table3_markdown
+from dacdr.training.rundir import RunDir
 
 PTUPCDR_SEEDS = [900, 1000, 10, 2020, 500]
 RATING_KEYS = ["mae", "rmse"]
@@ -317,7 +318,7 @@ def run_experiment(
                     ranked, key = run_dir / "ranking.json", cfg.ranking.model_dump()
                     saved = json.loads(ranked.read_text()) if ranked.exists() else {}
                     if saved.get("candidates") == key and \
-                            ranked.stat().st_mtime >= (run_dir / "model.safetensors").stat().st_mtime:
+                            ranked.stat().st_mtime >= (run_dir / RunDir.WEIGHTS).stat().st_mtime:
                         # a resumed experiment: this checkpoint was ranked against these candidates already
                         result["test"] = {"cold": saved["cold"], "all": saved["all"]}
                     else:

@@ -6,7 +6,6 @@ processes, through `dacdr.distributed.launch.spawn`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,7 @@ def train(cfg: RunConfig, nproc: int = 1, run_dir: Path | None = None, resume: b
         raise ValueError("--nproc starts its own processes; under torchrun leave it out")
     prepare(cfg.data)  # once, before the ranks start: they all read this cache
     spawn(_train_worker, nproc, cfg.model_dump(), str(run_dir), resume)
-    return json.loads((run_dir / "results.json").read_text())
+    return RunDir(run_dir).read_results()
 
 
 __all__ = ["default_run_dir", "train", "train_here", "train_run"]
