@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dacdr.data.batches import as_batch, assemble, pack_histories
 from dacdr.data.features import FIRST_ID
 from dacdr.serving.scoring import RequestError, Resolved, Scorer
 
@@ -66,12 +67,12 @@ def explain(scorer: Scorer, r: Resolved, domain_row: int, item_idx: np.ndarray,
     if len(r.tokens) == 0:  # nothing to attend to: the model's weights are all zero
         return [], [[] for _ in item_idx]
     model = scorer.pkg.model
+    # The whole history, unpadded, once for all candidates: attention positions are history positions.
+    events, start, end = pack_histories([r.tokens], scorer.n_fields)
+    batch = as_batch(assemble(events, start, end, len(r.tokens), item=scorer.pkg.item_table[item_idx],
+                              domain=scorer.pkg.domain_table[[domain_row]]))
     with torch.inference_mode():
-        parts = model.attend(
-            torch.from_numpy(r.tokens[None].astype(np.int64)), torch.ones(1, len(r.tokens), dtype=torch.bool),
-            torch.from_numpy(scorer.pkg.item_table[item_idx]),
-            torch.from_numpy(scorer.pkg.domain_table[[domain_row]]),
-        )
+        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
     use_da, use_ia = _learnt_steps(scorer)
     domain_level: list[dict[str, Any]] = []
     if use_da:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dacdr.data.batches import assemble, pack_histories
 from dacdr.data.features import OOV
 from dacdr.package import ModelPackage, load_package
 from dacdr.serving.engines import Engine, EngineName, make_engine
@@ -152,34 +153,28 @@ class Scorer:
 
     def _inputs(self, resolved: list[Resolved], domain_rows: list[int], item_idx: list[np.ndarray],
                 user_ids: list[str | int]) -> dict[str, np.ndarray]:
-        """Model inputs for users x their candidate items (item vocabulary indices), one row per item."""
+        """Model inputs for users x their candidate items (item vocabulary indices), one row per item, built by
+        the training batches' own `assemble`."""
         counts = [len(i) for i in item_idx]
-        length = max(1, max(len(r.tokens) for r in resolved))  # one masked slot for all-empty histories
         n_users = len(resolved)
-        seq = np.zeros((n_users, length, self.n_fields), dtype=np.int64)
-        mask = np.zeros((n_users, length), dtype=bool)
-        for u, r in enumerate(resolved):
-            n = len(r.tokens)
-            if n:  # left-padded: the most recent behaviour is last, as in training batches
-                seq[u, length - n:] = r.tokens
-                mask[u, length - n:] = True
+        events, start, end = pack_histories([r.tokens for r in resolved], self.n_fields)
+        length = max(1, int((end - start).max()))  # one masked slot for all-empty histories
         row_user = np.repeat(np.arange(n_users), counts)
-        items = np.concatenate(item_idx)
         if n_users == 1 and getattr(self.engine, "broadcasts_history", False):
             # One user: her history and domain once, broadcast by the model over the items (same scores).
-            row_user = np.zeros(1, dtype=np.int64)
-            counts_for_rows = [1]
+            seq_rows, domain_counts = np.zeros(1, dtype=np.int64), [1]
         else:
-            counts_for_rows = counts
-        inputs = {
-            "seq": seq[row_user], "seq_mask": mask[row_user],
-            "item": self.pkg.item_table[items],
-            "domain": self.pkg.domain_table[np.repeat(np.asarray(domain_rows, dtype=np.int64), counts_for_rows)],
-        }
+            seq_rows, domain_counts = row_user, counts
+        extra = {}
         if "user" in self.pkg.model.inputs:
             users = np.array([self.user_vocab.lookup(u) if self.user_vocab else OOV for u in user_ids])
-            inputs["user"] = users[np.repeat(np.arange(n_users), counts)]
-        return inputs
+            extra["user"] = users[row_user]
+        return assemble(
+            events, start[seq_rows], end[seq_rows], length,
+            item=self.pkg.item_table[np.concatenate(item_idx)],
+            domain=self.pkg.domain_table[np.repeat(np.asarray(domain_rows, dtype=np.int64), domain_counts)],
+            **extra,
+        )
 
     def predict(self, resolved: list[Resolved], domain_rows: list[int], item_idx: list[np.ndarray],
                 user_ids: list[str | int]) -> np.ndarray:
