@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -104,9 +105,13 @@ def test_demo_smoke_writes_every_artifact(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "ctr" and metrics["seeds"] == [0, 1]
     assert set(metrics["models"]) == {"DACDR", "DACDR w/o DA", "DACDR w/o IA", "DACDR w/o DA&IA", "DNN-multi"}
+    per_seed = [json.loads((out / "runs" / f"DACDR-seed{s}" / "results.json").read_text())["test"]["cold"]
+                for s in (0, 1)]
     for domain, per_metric in metrics["models"]["DACDR"].items():
         assert set(per_metric) == {"auc", "gauc", "logloss"}
-        assert 0.0 <= per_metric["auc"]["mean"] <= 1.0 and per_metric["auc"]["std"] >= 0.0
+        aucs = [r[domain]["auc"] for r in per_seed]  # the table's mean ± std are those of the seeds' runs
+        assert per_metric["auc"]["mean"] == pytest.approx(np.mean(aucs))
+        assert per_metric["auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
         assert 0.5 < metrics["oracle"][domain]["auc"] <= 1.0
     table = (out / "table.md").read_text()
     assert "Oracle" in table and "DACDR w/o DA&IA" in table

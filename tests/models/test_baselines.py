@@ -59,8 +59,9 @@ def test_output_shape_and_finite(name, handmade_prepared, batch):
     out = model.score(batch)
     assert out.shape == (len(batch["label"]),) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
-    probs = model.predict(out)
-    assert ((probs >= 0) & (probs <= 1)).all()
+    # each row is scored on its own: the first rows alone get the scores they got in the whole batch
+    half = {k: v[: len(v) // 2] for k, v in batch.items()}
+    torch.testing.assert_close(model.score(half), out[: len(out) // 2], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)

@@ -121,8 +121,10 @@ def test_corrupt_or_missing_checkpoint_fails_clearly(handmade_prepared, tmp_path
 
 def test_weights_load_without_pickle(handmade_prepared, tmp_path):
     _trainer(handmade_prepared, tmp_path, epochs=1).fit()
-    head = (tmp_path / "model.safetensors").read_bytes()[:8]
-    assert int.from_bytes(head, "little") > 0  # a safetensors header length, not a pickle opcode
+    blob = (tmp_path / "model.safetensors").read_bytes()
+    n = int.from_bytes(blob[:8], "little")  # safetensors: a header length, then a JSON header (no pickle opcodes)
+    header = json.loads(blob[8 : 8 + n])
+    assert {k for k in header if k != "__metadata__"} == set(load_model(tmp_path)[0].state_dict())
     blob = torch.load(tmp_path / "resume" / "optimizer.pt", weights_only=True)
     assert "optimizer" in blob
 

@@ -21,7 +21,7 @@ plus `label` [B] float and `user` [B] long for losses and per-user metrics."""
 
 def assemble(
     event_tokens: np.ndarray, seq_start: np.ndarray, seq_end: np.ndarray, length: int,
-    item: np.ndarray, domain: np.ndarray, **extra: np.ndarray,
+    item: np.ndarray, domain: np.ndarray, seq_rows: np.ndarray | None = None, **extra: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """The model inputs of rows whose histories are the event ranges [`seq_start`, `seq_end`), as numpy arrays.
 
@@ -29,14 +29,17 @@ def assemble(
     gather zeros without a branch. Each range's last `length` events are right-aligned (most recent last,
     padding first): `seq` [B, length, F] int64 whatever the table's integer type, `seq_mask` [B, length] bool.
     `item` / `domain` are the rows' token rows and `extra` (label, user, ...) is passed through. There may be
-    fewer sequence rows than item rows when a model broadcasts one history over several items. numpy rather
-    than torch: both are zero-copy views of each other on the CPU, and numpy's `take` is several times faster
-    than tensor indexing here, for a training batch and for one request alike.
+    fewer sequence rows than item rows when a model broadcasts one history over several items. `seq_rows`: the
+    range of each sequence row when ranges repeat (a request's history on each of its items), so that each
+    window is built once. numpy rather than torch: both are zero-copy views of each other on the CPU, and
+    numpy's `take` is several times faster than tensor indexing here, for a training batch and a request alike.
     """
     seq_end = np.asarray(seq_end)
     pos = seq_end[:, None] + np.arange(-length, 0, dtype=np.int64)  # [B, L], most recent event last
     mask = pos >= np.asarray(seq_start)[:, None]
     seq = np.take(np.asarray(event_tokens), np.where(mask, pos + 1, 0), axis=0).astype(np.int64, copy=False)
+    if seq_rows is not None:
+        seq, mask = seq[seq_rows], mask[seq_rows]
     return {"seq": seq, "seq_mask": mask, "item": item, "domain": domain, **extra}
 
 
@@ -47,7 +50,7 @@ def as_batch(arrays: dict[str, np.ndarray]) -> Batch:
 
 def pack_histories(histories: Sequence[np.ndarray], n_fields: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-user token arrays [n_u, F] (oldest first) as one event table for `assemble` and each user's range."""
-    lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
+    lengths = np.array([len(h) for h in histories], dtype=np.int64)
     end = np.cumsum(lengths)
     table = np.concatenate([np.zeros((1, n_fields), dtype=np.int64), *histories], dtype=np.int64)
     return table, end - lengths, end

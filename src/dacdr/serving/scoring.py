@@ -158,11 +158,11 @@ class Scorer:
         counts = [len(i) for i in item_idx]
         n_users = len(resolved)
         events, start, end = pack_histories([r.tokens for r in resolved], self.n_fields)
-        length = max(1, int((end - start).max()))  # one masked slot for all-empty histories
+        length = max(1, *(len(r.tokens) for r in resolved))  # one masked slot for all-empty histories
         row_user = np.repeat(np.arange(n_users), counts)
         if n_users == 1 and getattr(self.engine, "broadcasts_history", False):
             # One user: her history and domain once, broadcast by the model over the items (same scores).
-            seq_rows, domain_counts = np.zeros(1, dtype=np.int64), [1]
+            seq_rows, domain_counts = None, [1]
         else:
             seq_rows, domain_counts = row_user, counts
         extra = {}
@@ -170,7 +170,7 @@ class Scorer:
             users = np.array([self.user_vocab.lookup(u) if self.user_vocab else OOV for u in user_ids])
             extra["user"] = users[row_user]
         return assemble(
-            events, start[seq_rows], end[seq_rows], length,
+            events, start, end, length, seq_rows=seq_rows,
             item=self.pkg.item_table[np.concatenate(item_idx)],
             domain=self.pkg.domain_table[np.repeat(np.asarray(domain_rows, dtype=np.int64), domain_counts)],
             **extra,
