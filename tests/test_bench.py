@@ -69,6 +69,7 @@ def test_quick_settings_are_smaller_than_the_full_run():
     assert quick.preset_overrides["n_users"] < get_preset("industrial").n_users
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_same_reports(tmp_path):
     """`jobs=2` trains in two worker processes; every (model, seed) run still lands in its own place."""
     settings = BenchSettings(

@@ -98,6 +98,7 @@ def test_evaluate_on_a_non_run_directory(tmp_path):
     assert r.exit_code == 2 and "config.yaml" in r.output
 
 
+@pytest.mark.slow
 def test_demo_smoke_writes_every_artifact(tmp_path):
     out = tmp_path / "demo"
     r = runner.invoke(app, ["demo", "--preset", "tiny", "--seeds", "2", "--out", str(out)])

@@ -218,6 +218,7 @@ def test_oracle_auc_sensible(tiny: Path) -> None:
 # ------------------------------------------------------------------------------------------ the story
 
 
+@pytest.mark.slow
 def test_industrial_overlap_and_ctr(tmp_path: Path) -> None:
     cfg = get_preset("industrial", n_users=12_000)
     stats = summarize(generate(cfg, tmp_path / "ind", seed=1))
@@ -246,6 +247,7 @@ def test_domain_focus_differs(tiny: Path, tiny_df: pl.DataFrame) -> None:
 # ------------------------------------------------------------------------------------------ determinism
 
 
+@pytest.mark.slow
 def test_deterministic(tmp_path: Path, tiny: Path, tiny_df: pl.DataFrame) -> None:
     again = generate("tiny", tmp_path / "again", seed=0)
     for name in ("domains.parquet", "items.parquet", "interactions/part-00000.parquet"):
@@ -255,6 +257,7 @@ def test_deterministic(tmp_path: Path, tiny: Path, tiny_df: pl.DataFrame) -> Non
     assert not other.equals(tiny_df)
 
 
+@pytest.mark.slow
 def test_chunking_does_not_change_data(tmp_path: Path, tiny_df: pl.DataFrame) -> None:
     one = generate(get_preset("tiny", users_per_part=10**6), tmp_path / "one", seed=0)
     many = generate(get_preset("tiny", users_per_part=1), tmp_path / "many", seed=0)
@@ -271,6 +274,7 @@ def test_chunking_does_not_change_data(tmp_path: Path, tiny_df: pl.DataFrame) ->
 # ------------------------------------------------------------------------------------------ writing
 
 
+@pytest.mark.slow
 def test_overwrite_refused_and_allowed(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     out.mkdir()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -48,6 +49,7 @@ def _worker(prepared, stream_dir: str, out: str) -> None:
     }))
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model(tiny_prepared, tiny_path, tmp_path):
     prepare(_stream_cfg(str(tiny_path)), log=lambda _: None)  # built once, read by both
     spawn(_worker, 2, tiny_prepared, str(tiny_path), str(tmp_path))

@@ -172,6 +172,7 @@ def _build_killed_at(run: Path, out: Path, fault: str) -> None:
     assert proc.returncode == -signal.SIGKILL, f"{fault} not reached: {proc.stderr.decode()[-2000:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,survivor", [("package.aside", 0), ("package.swapped", 1)])
 def test_overwrite_killed_between_its_renames_leaves_a_package(runs, tmp_path, fault, survivor):
     """Killed after moving the old package aside (before the new one is in), or after the swap: the next reader

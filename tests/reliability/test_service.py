@@ -206,6 +206,7 @@ def _response(s: socket.socket) -> tuple[str, bytes]:
     return head.split(b"\r\n")[0].decode(), body
 
 
+@pytest.mark.slow
 def test_a_client_stalling_in_its_headers_is_disconnected(slow_server):
     with _connect(slow_server) as s:
         s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")
@@ -214,6 +215,7 @@ def test_a_client_stalling_in_its_headers_is_disconnected(slow_server):
         assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.slow
 def test_a_kept_alive_connection_stalling_in_its_next_request_is_disconnected(slow_server):
     with _connect(slow_server) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -225,6 +227,7 @@ def test_a_kept_alive_connection_stalling_in_its_next_request_is_disconnected(sl
         assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.slow
 def test_a_client_stalling_in_its_body_gets_a_408(slow_server):
     with _connect(slow_server) as s:
         s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -236,6 +239,7 @@ def test_a_client_stalling_in_its_body_gets_a_408(slow_server):
     assert json.loads(body)["field"] == "body"
 
 
+@pytest.mark.slow
 def test_a_slow_but_steady_request_still_succeeds(slow_server):
     body = json.dumps(GOOD).encode()
     with _connect(slow_server) as s:

@@ -13,6 +13,8 @@ from dacdr.data.dataset import read_spec
 from dacdr.package import build_package, load_package, run_prepared
 from tests.serving.helpers import Server, train_tiny_run
 
+pytestmark = pytest.mark.slow  # real uvicorn processes, each on freshly trained packages
+
 TOKEN = "test-token-0123456789"
 
 

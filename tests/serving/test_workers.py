@@ -12,6 +12,8 @@ import pytest
 from dacdr.package import build_package, load_package
 from tests.serving.helpers import Server, train_tiny_run
 
+pytestmark = pytest.mark.slow  # real uvicorn processes, each on freshly trained packages
+
 TOKEN = "test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 BODY = {"user_id": 3, "domain": "target_a", "items": [30, 31, 32]}

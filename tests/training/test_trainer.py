@@ -35,6 +35,7 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["DACDR", "DNN-multi"])
 def test_short_training_beats_a_constant_predictor(name, tiny_prepared, tmp_path, two_threads):
     """A few epochs on the tiny world rank test impressions better than chance and predict them better than the
