@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from dacdr.export import export_package
+from dacdr.export import export_package, exported_onnx_for
 from dacdr.fsutil import FAULT_ENV
 from dacdr.package import MANIFEST, PackageError, build_package, load_package
-from dacdr.serving.scoring import Scorer
+from dacdr.serving.scoring import ScoreQuery, Scorer
 from tests.reliability.conftest import QUIET
 from tests.reliability.helpers import copy_package, reseal
 
@@ -71,7 +72,11 @@ def test_a_garbage_export_resealed_is_a_clear_error(packages, tmp_path):
 
 def test_the_onnx_engine_serves_the_verified_export(packages):
     scorer = Scorer.load(packages[0], "onnx")
-    assert scorer.engine.session is not None and scorer.version == load_package(packages[0]).version
+    assert exported_onnx_for(scorer.pkg) is not None  # the package's own checked model.onnx, not a new export
+    assert scorer.version == load_package(packages[0]).version
+    query = [ScoreQuery(3, "target_a", [30, 31, 32])]  # and its scores are the eager model's
+    np.testing.assert_allclose(scorer.score(query)[0]["scores"], Scorer.load(packages[0]).score(query)[0]["scores"],
+                               rtol=0, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ 6. manifest
