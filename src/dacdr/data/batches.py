@@ -8,11 +8,14 @@ calls the same `assemble`, so padding, alignment, masking and dtypes are defined
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from dacdr.data.samples import PreparedData
+if TYPE_CHECKING:
+    from dacdr.data.samples import PreparedData
+
 
 Batch = dict[str, torch.Tensor]
 """Model inputs: `seq` [B, L, F] long, `seq_mask` [B, L] bool, `item` [B, n] long, `domain` [B, m] long,
@@ -59,24 +62,45 @@ def pack_histories(histories: Sequence[np.ndarray], n_fields: int) -> tuple[np.n
 class BatchGatherer:
     """Holds the arrays as tensors and builds batches for any index set."""
 
+    max_len: int
+    item_table: torch.Tensor
+    domain_table: torch.Tensor
+    event_tokens: torch.Tensor
+    user: torch.Tensor
+    domain: torch.Tensor
+    item: torch.Tensor
+    label: torch.Tensor
+    seq_start: torch.Tensor
+    seq_end: torch.Tensor
+
     def __init__(self, prepared: PreparedData):
         spec = prepared.spec
-        self.max_len = spec.max_len
-        self.item_table = torch.from_numpy(prepared.item_table)
-        self.domain_table = torch.from_numpy(prepared.domain_table)
-        self.event_tokens = torch.from_numpy(
-            np.stack([prepared.events[f] for f in spec.sequence_fields], axis=1).astype(np.int64)
-        )
+        events = np.stack([prepared.events[f] for f in spec.sequence_fields], axis=1).astype(np.int64)
         # Row 0 of the event table is a padding row (see `assemble`).
-        self.event_tokens = torch.cat([torch.zeros(1, self.event_tokens.shape[1], dtype=torch.long),
-                                       self.event_tokens])
-        s = prepared.samples
-        self.user = torch.from_numpy(s["user"])
-        self.domain = torch.from_numpy(s["domain"])
-        self.item = torch.from_numpy(s["item"])
-        self.label = torch.from_numpy(s["label"])
-        self.seq_start = torch.from_numpy(s["seq_start"])
-        self.seq_end = torch.from_numpy(s["seq_end"])
+        events = np.concatenate([np.zeros((1, events.shape[1]), dtype=np.int64), events])
+        self._hold(prepared.item_table, prepared.domain_table, events, prepared.samples, spec.max_len)
+
+    @classmethod
+    def over(
+        cls, item_table: np.ndarray, domain_table: np.ndarray, event_tokens: np.ndarray,
+        samples: dict[str, np.ndarray], max_len: int,
+    ) -> BatchGatherer:
+        """A gatherer over any event table whose row 0 is padding (e.g. streaming's memory-mapped int32 one)
+        and any sample arrays (user, domain, item, label, seq_start, seq_end)."""
+        self = cls.__new__(cls)
+        self._hold(item_table, domain_table, event_tokens, samples, max_len)
+        return self
+
+    def _hold(
+        self, item_table: np.ndarray, domain_table: np.ndarray, event_tokens: np.ndarray,
+        samples: dict[str, np.ndarray], max_len: int,
+    ) -> None:
+        self.max_len = max_len
+        self.item_table = torch.from_numpy(item_table)
+        self.domain_table = torch.from_numpy(domain_table)
+        self.event_tokens = torch.from_numpy(event_tokens)
+        for key in ("user", "domain", "item", "label", "seq_start", "seq_end"):
+            setattr(self, key, torch.from_numpy(samples[key]))
 
     def gather(self, idx: torch.Tensor | np.ndarray) -> Batch:
         # numpy views of the tensors (zero-copy): `assemble` works on arrays

@@ -247,7 +247,7 @@ class StreamingData:
                             split, dict(self.meta.get("prepared_meta", {})), self.embedding_maps)
 
     def eval_gatherer(self) -> BatchGatherer:
-        return TokenGatherer(self.item_table, self.domain_table, self.event_tokens, self.eval_samples,
+        return BatchGatherer.over(self.item_table, self.domain_table, self.event_tokens, self.eval_samples,
                              self.spec.max_len)
 
     def stream(self, train_on: str, batch_size: int, epoch_seed: int, ctx: DistContext) -> ShardStream:
@@ -301,31 +301,6 @@ def _kinds(train_on: str) -> tuple[str, ...]:
     if train_on not in kinds:
         raise ValueError(f"unknown train_on {train_on!r}")
     return kinds[train_on]
-
-
-class TokenGatherer(BatchGatherer):
-    """`BatchGatherer` over a memory-mapped int32 event table and arbitrary sample arrays."""
-
-    def __init__(
-        self, item_table: np.ndarray, domain_table: np.ndarray, event_tokens: np.ndarray,
-        samples: dict[str, np.ndarray], max_len: int,
-    ):
-        self.max_len = max_len
-        self.item_table = torch.from_numpy(item_table)
-        self.domain_table = torch.from_numpy(domain_table)
-        self.event_tokens = torch.from_numpy(event_tokens)
-        self.user = torch.from_numpy(samples["user"])
-        self.domain = torch.from_numpy(samples["domain"])
-        self.item = torch.from_numpy(samples["item"])
-        self.label = torch.from_numpy(samples["label"])
-        self.seq_start = torch.from_numpy(samples["seq_start"])
-        self.seq_end = torch.from_numpy(samples["seq_end"])
-        self.offsets = torch.arange(-self.max_len, 0, dtype=torch.long)
-
-    def gather(self, idx: torch.Tensor | np.ndarray) -> Batch:
-        batch = super().gather(idx)
-        batch["seq"] = batch["seq"].long()
-        return batch
 
 
 class ShardStream(IterableDataset):
@@ -383,7 +358,7 @@ class ShardStream(IterableDataset):
             yield self._batch(tokens, merged)
 
     def _batch(self, tokens: np.ndarray, rows: dict[str, np.ndarray]) -> Batch:
-        g = TokenGatherer(self.item_table, self.domain_table, tokens, rows, self.max_len)
+        g = BatchGatherer.over(self.item_table, self.domain_table, tokens, rows, self.max_len)
         return g.gather(torch.arange(len(rows["label"])))
 
 
@@ -572,4 +547,4 @@ def _prepare_into(root: Path, out: Path, options: dict[str, Any], log: Log) -> N
         f"{sum(shards['train_target']):,} target / {sum(shards['train_source']):,} source training samples")
 
 
-__all__ = ["ShardStream", "StreamingData", "TokenGatherer", "build_streaming", "check_options"]
+__all__ = ["ShardStream", "StreamingData", "build_streaming", "check_options"]
