@@ -7,7 +7,7 @@ the path of the field (``train.batch_size: Input should be greater than 0``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,7 +19,8 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-_Strict = StrictModel  # the name used before 0.3
+MaxLen = Annotated[int, Field(gt=0, le=1024, description="most recent source behaviours kept per sample (L)")]
+"""The sequence length L, as every schema that sets it declares it (data, experiment split, bench)."""
 
 
 class DataConfig(StrictModel):
@@ -28,7 +29,7 @@ class DataConfig(StrictModel):
     path: str | None = Field(None, description="dataset directory in the dacdr layout (docs/data-format.md)")
     synthetic: str | None = Field(None, description="synthetic preset to generate when `path` is not given")
     synthetic_seed: int = Field(0, description="seed of the synthetic world (independent of the model seed)")
-    max_len: int = Field(50, gt=0, le=1024, description="most recent source behaviours kept per sample (L)")
+    max_len: MaxLen = 50
     protocol: Literal["time", "users", "periods"] = Field(
         "time",
         description="'time': P1, the test period is the last day; 'users': P2, a share of users held out; "

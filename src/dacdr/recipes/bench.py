@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import Field
 from rich.console import Console
 
-from dacdr.config import DataConfig, ModelConfig, RunConfig, StrictModel, TrainConfig
+from dacdr.config import DataConfig, MaxLen, ModelConfig, RunConfig, StrictModel, TrainConfig
 from dacdr.data.prepare import prepare
 from dacdr.data.samples import PreparedData
 from dacdr.data.synthetic import SyntheticConfig, generate, get_preset
@@ -51,7 +51,7 @@ class BenchSettings(StrictModel):
     generator_seed: int = 0
     seeds: int = Field(3, ge=1)
     dim: int = Field(16, gt=0, description="embedding size of every model")
-    max_len: int = Field(50, gt=0)
+    max_len: MaxLen = 50
     source_sample_rate: float = Field(
         1.0, gt=0, le=1, description="share of the source rows drawn (once) as training samples")
     jobs: int = Field(1, ge=1, description="runs trained at once, each in its own process with one torch thread")

@@ -33,6 +33,7 @@ from rich.console import Console
 from dacdr.config import (
     ConfigError,
     DataConfig,
+    MaxLen,
     ModelConfig,
     RunConfig,
     StrictModel,
@@ -68,7 +69,7 @@ class SplitConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: list(PTUPCDR_SEEDS), min_length=1,
                              description="split and model seeds (PTUPCDR's by default)")
     valid_share: float = Field(0.1, gt=0, lt=1, description="share of training users whose target rows validate")
-    max_len: int = Field(50, gt=0, le=1024, description="source behaviours kept per sample")
+    max_len: MaxLen = 50
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
