@@ -33,7 +33,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def other_runnable(samples: int = 5, interval: float = 0.02, source: str = "/proc/loadavg") -> int:
+def other_runnable(samples: int = 3, interval: float = 0.01, source: str = "/proc/loadavg") -> int:
     """Threads of other processes runnable now: the kernel's count of runnable tasks (`/proc/loadavg`, which
     includes the reader) minus one, at its lowest over a few samples so a passing blip does not count.
     0 where the count cannot be read."""
