@@ -1,0 +1,178 @@
+"""Per-seed numbers of `dacdr experiment` runs on the real datasets, and the tables built from them.
+
+The numbers behind docs/results.md ("Real datasets"). `--collect` reads finished runs from experiment output
+directories (each run directory's own result, so an experiment stopped part-way still counts its finished
+runs) and writes one JSON line per (dataset, scenario, model, seed); `--report` prints mean ± std tables and
+paired differences (over seeds, `scipy.stats.ttest_rel`) between two models.
+
+    python benchmarks/real_data_report.py --collect runs/experiments/movielens-1m ... --out runs.jsonl
+    python benchmarks/real_data_report.py --report runs.jsonl --pair "DACDR:DACDR w/o DA&IA"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dacdr.bench import paired_test
+from dacdr.experiment import RANKING_KEYS, RATING_KEYS
+
+# Lower is better for the rating errors, higher for every ranking metric.
+LOWER_IS_BETTER = {"mae", "rmse"}
+
+
+def collect(experiment_dirs: list[Path], version: str) -> list[dict[str, Any]]:
+    """One record per finished run under each experiment directory (`runs/<scenario>/<model>-seed<s>/`)."""
+    records = []
+    for exp in experiment_dirs:
+        cfg = yaml.safe_load((exp / "experiment.yaml").read_text())
+        ranking = cfg.get("ranking") is not None
+        seconds = _seconds(exp)
+        for run_dir in sorted((exp / "runs").glob("*/*")):
+            result = run_dir / ("ranking.json" if ranking else "results.json")
+            if not result.exists():
+                continue  # not finished
+            run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+            name, seed = run_cfg["model"]["name"], run_cfg["train"]["seed"]
+            test = json.loads(result.read_text())
+            cold = test["cold"] if ranking else test["test"]["cold"]
+            history = json.loads((run_dir / "history.json").read_text())
+            scenario = "published split" if ranking else f"beta={round(run_cfg['data']['cold_start_share'] * 100)}%"
+            records.append({
+                "dataset": cfg["name"], "scenario": scenario, "task": "ranking" if ranking else "rating",
+                "model": name, "seed": seed, "dacdr_model_version": version,
+                "test_cold": cold, "epochs": len(history),
+                "valid_scores": [h.get("valid_score") for h in history],
+                "seconds": seconds.get((scenario, name, seed)),
+            })
+    return records
+
+
+def closed_form_popularity(experiment_dirs: list[Path], version: str) -> list[dict[str, Any]]:
+    """The untrained popularity reference on each experiment's exact splits: the item's mean training rating
+    (the global mean for an unseen item) for ratings, its count of positive training rows for ranking (scored
+    against the experiment's own sampled candidates). No parameters are learnt; nothing here is tuned."""
+    from dacdr.experiment import ExperimentConfig, _prepare, converted_path
+    from dacdr.metrics import rank_of_positive, ranking_metrics
+    from dacdr.ranking import RANKING_KS, sample_candidates
+
+    records = []
+    for exp in experiment_dirs:
+        cfg = ExperimentConfig.model_validate(yaml.safe_load((exp / "experiment.yaml").read_text()))
+        data_path = converted_path(cfg)
+        cutoff = "all" if cfg.split.mode == "ptupcdr" else "before"
+        betas: list[float | None] = [None] if cfg.split.protocol == "periods" else list(cfg.split.betas)
+        for beta in betas:
+            for seed in cfg.split.seeds:
+                prep = _prepare(data_path, cfg, beta, seed, cutoff)
+                s, split = prep.samples, prep.split
+                n_items = len(prep.item_table)
+                train = split.train_target
+                (target,) = prep.spec.target_domains
+                if cfg.is_ranking:
+                    assert cfg.ranking is not None
+                    pos_train = train[s["label"][train] > 0]
+                    count = np.bincount(s["item"][pos_train], minlength=n_items).astype(float)
+                    test = split.test[s["label"][split.test] > 0]
+                    cands = sample_candidates(prep, test, cfg.ranking.negatives, cfg.ranking.seed)
+                    ranks = rank_of_positive(count[s["item"][test]], count[cands])
+                    cold = {target: ranking_metrics(ranks, RANKING_KS)}
+                    name, scenario = "item popularity (closed form)", "published split"
+                else:
+                    items, labels = s["item"][train], s["label"][train].astype(float)
+                    total = np.bincount(items, weights=labels, minlength=n_items)
+                    n = np.bincount(items, minlength=n_items)
+                    mean = np.where(n > 0, total / np.maximum(n, 1), labels.mean())
+                    test = split.test[split.test_cold]
+                    err = mean[s["item"][test]] - s["label"][test]
+                    cold = {target: {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+                                     "n": len(test)}}
+                    name, scenario = "item mean (closed form)", f"beta={round(beta * 100)}%"
+                records.append({"dataset": cfg.name, "scenario": scenario,
+                                "task": "ranking" if cfg.is_ranking else "rating", "model": name, "seed": seed,
+                                "dacdr_model_version": version, "test_cold": cold, "epochs": 0,
+                                "valid_scores": [], "seconds": None})
+    return records
+
+
+def _seconds(exp: Path) -> dict[tuple[str, str, int], float]:
+    """Wall seconds per run, from the experiment's metrics.json when it was written."""
+    path = exp / "metrics.json"
+    if not path.exists():
+        return {}
+    metrics = json.loads(path.read_text())
+    return {(scen, name, r["seed"]): r.get("seconds")
+            for scen, s in metrics["scenarios"].items() for name, rs in s["runs"].items() for r in rs}
+
+
+def _per_seed(records: list[dict[str, Any]], model: str, key: str) -> dict[int, float]:
+    out = {}
+    for r in records:
+        if r["model"] == model:
+            (domain,) = r["test_cold"].values()  # one target domain per experiment
+            out[r["seed"]] = domain[key]
+    return out
+
+
+def report(records: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> str:
+    lines = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["scenario"]), []).append(r)
+    for (dataset, scenario), rs in groups.items():
+        keys = RANKING_KEYS if rs[0]["task"] == "ranking" else RATING_KEYS
+        lines += [f"### {dataset}, {scenario}", "", "| model | seeds | " + " | ".join(keys) + " |",
+                  "|---|---|" + "---|" * len(keys)]
+        for model in dict.fromkeys(r["model"] for r in rs):
+            cells = []
+            for k in keys:
+                v = np.array(list(_per_seed(rs, model, k).values()))
+                cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}")
+            lines.append(f"| {model} | {len(v)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for a, b in pairs:
+            cells = []
+            for k in keys:
+                sa, sb = _per_seed(rs, a, k), _per_seed(rs, b, k)
+                common = sorted(set(sa) & set(sb))
+                if len(common) < 2:
+                    break
+                t = paired_test([sa[s] for s in common], [sb[s] for s in common])
+                better = a if (t["mean_diff"] < 0) == (k in LOWER_IS_BETTER) else b
+                cells.append(f"{k} {t['mean_diff']:+.4f} ± {t['std_diff']:.4f} (p {t['p_value']:.2g}; "
+                             f"{'lower' if k in LOWER_IS_BETTER else 'higher'} is better: {better})")
+            if cells:
+                lines += [f"{a} − {b} (paired, {len(common)} seeds): " + "; ".join(cells), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--collect", nargs="+", type=Path, help="experiment output directories")
+    ap.add_argument("--out", type=Path, help="JSONL written by --collect")
+    ap.add_argument("--closed-form", action="store_true",
+                    help="with --collect: add the untrained popularity reference (item mean / count)")
+    ap.add_argument("--version", default="0.2", help="the DACDR-family version these runs used")
+    ap.add_argument("--report", type=Path, help="JSONL to tabulate")
+    ap.add_argument("--pair", action="append", default=[], help="'A:B': paired difference A − B per metric")
+    args = ap.parse_args()
+    if args.collect:
+        if args.out is None:
+            ap.error("--collect needs --out")
+        records = collect(args.collect, args.version)
+        if args.closed_form:
+            records += closed_form_popularity(args.collect, args.version)
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
+        print(f"wrote {len(records)} runs to {args.out}")
+    if args.report:
+        records = [json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]
+        print(report(records, [tuple(p.split(":", 1)) for p in args.pair]))
+
+
+if __name__ == "__main__":
+    main()
