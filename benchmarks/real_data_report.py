@@ -119,35 +119,53 @@ def _per_seed(records: list[dict[str, Any]], model: str, key: str) -> dict[int, 
     return out
 
 
+ORDER = ["Pop", "item mean (closed form)", "item popularity (closed form)", "DACDR", "DACDR w/o DA",
+         "DACDR w/o IA", "DACDR w/o DA&IA", "DACDR (paper)", "DNN-multi"]
+
+
 def report(records: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> str:
+    """Per dataset: one mean ± std table (a column per metric and scenario), then the paired differences."""
     lines = []
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    datasets: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["scenario"]), []).append(r)
-    for (dataset, scenario), rs in groups.items():
+        datasets.setdefault(r["dataset"], []).append(r)
+    for dataset, rs in datasets.items():
         keys = RANKING_KEYS if rs[0]["task"] == "ranking" else RATING_KEYS
-        lines += [f"### {dataset}, {scenario}", "", "| model | seeds | " + " | ".join(keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]
-        for model in dict.fromkeys(r["model"] for r in rs):
-            cells = []
-            for k in keys:
-                v = np.array(list(_per_seed(rs, model, k).values()))
-                cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}")
-            lines.append(f"| {model} | {len(v)} | " + " | ".join(cells) + " |")
+        scenarios = list(dict.fromkeys(r["scenario"] for r in rs))
+        by_scen = {sc: [r for r in rs if r["scenario"] == sc] for sc in scenarios}
+        cols = [(sc, k) for sc in scenarios for k in keys]
+        label = (lambda sc, k: f"{k} ({sc})") if len(scenarios) > 1 else (lambda sc, k: k)
+        names = list(dict.fromkeys(r["model"] for r in rs))
+        names = [m for m in ORDER if m in names] + [m for m in names if m not in ORDER]
+        lines += [f"### {dataset}", "", "| model | seeds | " + " | ".join(label(*c) for c in cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
+        for model in names:
+            cells, n = [], 0
+            for sc, k in cols:
+                v = np.array(list(_per_seed(by_scen[sc], model, k).values()))
+                n = max(n, len(v))
+                cells.append("—" if not len(v) else f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}")
+            lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
+        rows = []
         for a, b in pairs:
-            cells = []
-            for k in keys:
-                sa, sb = _per_seed(rs, a, k), _per_seed(rs, b, k)
-                common = sorted(set(sa) & set(sb))
-                if len(common) < 2:
-                    break
-                t = paired_test([sa[s] for s in common], [sb[s] for s in common])
-                better = a if (t["mean_diff"] < 0) == (k in LOWER_IS_BETTER) else b
-                cells.append(f"{k} {t['mean_diff']:+.4f} ± {t['std_diff']:.4f} (p {t['p_value']:.2g}; "
-                             f"{'lower' if k in LOWER_IS_BETTER else 'higher'} is better: {better})")
-            if cells:
-                lines += [f"{a} − {b} (paired, {len(common)} seeds): " + "; ".join(cells), ""]
+            for sc in scenarios:
+                cells, n = [], 0
+                for k in keys:
+                    sa, sb = _per_seed(by_scen[sc], a, k), _per_seed(by_scen[sc], b, k)
+                    common = sorted(set(sa) & set(sb))
+                    if len(common) < 2:
+                        break
+                    t = paired_test([sa[s] for s in common], [sb[s] for s in common])
+                    n = len(common)
+                    cells.append(f"{t['mean_diff']:+.4f} ± {t['std_diff']:.4f} (p {t['p_value']:.2g})")
+                if cells:
+                    where = f" ({sc})" if len(scenarios) > 1 else ""
+                    rows.append(f"| {a} − {b}{where} | {n} | " + " | ".join(cells) + " |")
+        if rows:
+            better = ", ".join(f"{k} {'lower' if k in LOWER_IS_BETTER else 'higher'}" for k in keys)
+            lines += [f"Paired differences over seeds (mean ± std, paired t-test p; better: {better}):", "",
+                      "| pair | seeds | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys), *rows, ""]
     return "\n".join(lines)
 
 
