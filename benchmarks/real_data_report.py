@@ -54,9 +54,10 @@ def collect(experiment_dirs: list[Path], version: str) -> list[dict[str, Any]]:
 
 
 def closed_form_popularity(experiment_dirs: list[Path], version: str) -> list[dict[str, Any]]:
-    """The untrained popularity reference on each experiment's exact splits: the item's mean training rating
-    (the global mean for an unseen item) for ratings, its count of positive training rows for ranking (scored
-    against the experiment's own sampled candidates). No parameters are learnt; nothing here is tuned."""
+    """Untrained references on each experiment's exact splits: for ratings the item's mean training rating
+    (the global mean for an unseen item), and that plus the user's rating offset read from her source window;
+    for ranking the item's count of positive training rows, scored against the experiment's own candidates.
+    Nothing is learnt by gradient; the offset's one shrinkage constant is chosen on the validation rows."""
     from dacdr.experiment import ExperimentConfig, _prepare, converted_path
     from dacdr.metrics import rank_of_positive, ranking_metrics
     from dacdr.ranking import RANKING_KS, sample_candidates
@@ -81,23 +82,57 @@ def closed_form_popularity(experiment_dirs: list[Path], version: str) -> list[di
                     test = split.test[s["label"][split.test] > 0]
                     cands = sample_candidates(prep, test, cfg.ranking.negatives, cfg.ranking.seed)
                     ranks = rank_of_positive(count[s["item"][test]], count[cands])
-                    cold = {target: ranking_metrics(ranks, RANKING_KS)}
-                    name, scenario = "item popularity (closed form)", "published split"
+                    records.append(_record(cfg, "published split", "item popularity (closed form)", seed, version,
+                                           {target: ranking_metrics(ranks, RANKING_KS)}))
                 else:
-                    items, labels = s["item"][train], s["label"][train].astype(float)
-                    total = np.bincount(items, weights=labels, minlength=n_items)
-                    n = np.bincount(items, minlength=n_items)
-                    mean = np.where(n > 0, total / np.maximum(n, 1), labels.mean())
+                    scenario = f"beta={round(beta * 100)}%"
+                    mean = _item_mean(s["item"][train], s["label"][train].astype(float), n_items)
                     test = split.test[split.test_cold]
-                    err = mean[s["item"][test]] - s["label"][test]
-                    cold = {target: {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-                                     "n": len(test)}}
-                    name, scenario = "item mean (closed form)", f"beta={round(beta * 100)}%"
-                records.append({"dataset": cfg.name, "scenario": scenario,
-                                "task": "ranking" if cfg.is_ranking else "rating", "model": name, "seed": seed,
-                                "dacdr_model_version": version, "test_cold": cold, "epochs": 0,
-                                "valid_scores": [], "seconds": None})
+                    records.append(_record(cfg, scenario, "item mean (closed form)", seed, version,
+                                           {target: _errors(mean[s["item"][test]], s["label"][test])}))
+                    # The user's rating offset, read from her source sequence (the same window the models
+                    # see): mean over it of (rating - the source item's mean rating), shrunk by k / (n + k)
+                    # towards 0; k chosen on the validation rows.
+                    vocab = prep.vocabs.vocabs["rating"]
+                    value = np.full(max(vocab.index.values()) + 1, np.nan)
+                    for raw, idx in vocab.index.items():
+                        value[idx] = float(raw)
+                    ev_item, ev_rating = prep.events["item"], value[prep.events["rating"]]
+                    dev = ev_rating - _item_mean(ev_item, ev_rating, n_items)[ev_item]
+                    csum = np.r_[0.0, np.cumsum(dev)]
+                    grid = [0.5, 1, 2, 5, 10, 20, 50]
+                    k = min(grid, key=lambda k: _errors(_offset_predict(s, split.valid, mean, csum, k),
+                                                        s["label"][split.valid])["rmse"])
+                    rec = _record(cfg, scenario, "item mean + source offset (closed form)", seed, version,
+                                  {target: _errors(_offset_predict(s, test, mean, csum, k), s["label"][test])})
+                    rec["shrinkage_k"] = k
+                    records.append(rec)
     return records
+
+
+def _item_mean(items: np.ndarray, labels: np.ndarray, n_items: int) -> np.ndarray:
+    """Each item's mean label; the global mean for an item without rows."""
+    total = np.bincount(items, weights=labels, minlength=n_items)
+    n = np.bincount(items, minlength=n_items)
+    return np.where(n > 0, total / np.maximum(n, 1), labels.mean())
+
+
+def _offset_predict(s: dict[str, np.ndarray], rows: np.ndarray, mean: np.ndarray, csum: np.ndarray,
+                    k: float) -> np.ndarray:
+    """Item mean plus the shrunk mean deviation over each row's source window (`csum`: cumulative deviations)."""
+    lo, hi = s["seq_start"][rows], s["seq_end"][rows]
+    return mean[s["item"][rows]] + (csum[hi] - csum[lo]) / (hi - lo + k)
+
+
+def _errors(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    err = pred - label.astype(float)
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())), "n": len(err)}
+
+
+def _record(cfg: Any, scenario: str, name: str, seed: int, version: str, cold: dict[str, Any]) -> dict[str, Any]:
+    return {"dataset": cfg.name, "scenario": scenario, "task": "ranking" if cfg.is_ranking else "rating",
+            "model": name, "seed": seed, "dacdr_model_version": version, "test_cold": cold, "epochs": 0,
+            "valid_scores": [], "seconds": None}
 
 
 def _seconds(exp: Path) -> dict[tuple[str, str, int], float]:
@@ -119,7 +154,8 @@ def _per_seed(records: list[dict[str, Any]], model: str, key: str) -> dict[int, 
     return out
 
 
-ORDER = ["Pop", "item mean (closed form)", "item popularity (closed form)", "DACDR", "DACDR w/o DA",
+ORDER = ["Pop", "item mean (closed form)", "item popularity (closed form)",
+         "item mean + source offset (closed form)", "DACDR", "DACDR w/o DA",
          "DACDR w/o IA", "DACDR w/o DA&IA", "DACDR (paper)", "DNN-multi"]
 
 
