@@ -32,7 +32,6 @@ def collect(experiment_dirs: list[Path], version: str) -> list[dict[str, Any]]:
     for exp in experiment_dirs:
         cfg = yaml.safe_load((exp / "experiment.yaml").read_text())
         ranking = cfg.get("ranking") is not None
-        seconds = _seconds(exp)
         for run_dir in sorted((exp / "runs").glob("*/*")):
             result = run_dir / ("ranking.json" if ranking else "results.json")
             if not result.exists():
@@ -48,7 +47,9 @@ def collect(experiment_dirs: list[Path], version: str) -> list[dict[str, Any]]:
                 "model": name, "seed": seed, "dacdr_model_version": version,
                 "test_cold": cold, "epochs": len(history),
                 "valid_scores": [h.get("valid_score") for h in history],
-                "seconds": seconds.get((scenario, name, seed)),
+                # the trainer's per-epoch seconds from the run's own history, so a resumed experiment (which
+                # skips finished runs) does not overwrite a run's time with the time of skipping it
+                "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
             })
     return records
 
@@ -132,17 +133,7 @@ def _errors(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
 def _record(cfg: Any, scenario: str, name: str, seed: int, version: str, cold: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": cfg.name, "scenario": scenario, "task": "ranking" if cfg.is_ranking else "rating",
             "model": name, "seed": seed, "dacdr_model_version": version, "test_cold": cold, "epochs": 0,
-            "valid_scores": [], "seconds": None}
-
-
-def _seconds(exp: Path) -> dict[tuple[str, str, int], float]:
-    """Wall seconds per run, from the experiment's metrics.json when it was written."""
-    path = exp / "metrics.json"
-    if not path.exists():
-        return {}
-    metrics = json.loads(path.read_text())
-    return {(scen, name, r["seed"]): r.get("seconds")
-            for scen, s in metrics["scenarios"].items() for name, rs in s["runs"].items() for r in rs}
+            "valid_scores": [], "train_seconds": None}
 
 
 def _per_seed(records: list[dict[str, Any]], model: str, key: str) -> dict[int, float]:
