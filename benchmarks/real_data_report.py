@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from dacdr.bench import paired_test
-from dacdr.experiment import RANKING_KEYS, RATING_KEYS
+from dacdr.recipes.experiment import RANKING_KEYS, RATING_KEYS
+from dacdr.reporting.significance import paired_test
 
 # Lower is better for the rating errors, higher for every ranking metric.
 LOWER_IS_BETTER = {"mae", "rmse"}
@@ -59,14 +59,14 @@ def closed_form_popularity(experiment_dirs: list[Path], version: str) -> list[di
     (the global mean for an unseen item), and that plus the user's rating offset read from her source window;
     for ranking the item's count of positive training rows, scored against the experiment's own candidates.
     Nothing is learnt by gradient; the offset's one shrinkage constant is chosen on the validation rows."""
-    from dacdr.experiment import ExperimentConfig, _prepare, converted_path
     from dacdr.metrics import rank_of_positive, ranking_metrics
     from dacdr.ranking import RANKING_KS, sample_candidates
+    from dacdr.recipes.experiment import ExperimentConfig, _prepare, ensure_converted
 
     records = []
     for exp in experiment_dirs:
         cfg = ExperimentConfig.model_validate(yaml.safe_load((exp / "experiment.yaml").read_text()))
-        data_path = converted_path(cfg)
+        data_path = ensure_converted(cfg)
         cutoff = "all" if cfg.split.mode == "ptupcdr" else "before"
         betas: list[float | None] = [None] if cfg.split.protocol == "periods" else list(cfg.split.betas)
         for beta in betas:
