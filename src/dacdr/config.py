@@ -101,8 +101,9 @@ class TrainConfig(StrictModel):
     patience: int = Field(2, ge=0, description="epochs without validation improvement before stopping")
     seed: int = 0
     num_threads: int | None = Field(
-        None, gt=0, description="torch intra-op threads; default: --threads, else OMP_NUM_THREADS, else this "
-        "process's share of the cores minus the threads other processes run now (logged at start)"
+        None, gt=0, description="torch intra-op threads; default: the process's setting (the `dacdr` commands "
+        "set it to --threads, else OMP_NUM_THREADS, else their share of the cores minus the threads other "
+        "processes run now, and print it)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="single-process training device; 'auto': CUDA when available (a distributed run "

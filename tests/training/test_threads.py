@@ -1,24 +1,27 @@
-"""The default torch thread count: the free share of the cores, never more than asked, logged."""
+"""The `dacdr` commands' default thread count: the free share of the cores, an explicit count first."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dacdr.training import threads
 
 
 @pytest.fixture(autouse=True)
-def _no_explicit(monkeypatch):
-    monkeypatch.setattr(threads, "_chosen", None)
+def _clean(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def test_an_explicit_count_wins_in_order(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert threads.choose_threads(5) == (5, "train.num_threads")
+    assert threads.choose_threads(5) == (5, "requested")
     assert threads.choose_threads(None) == (3, "OMP_NUM_THREADS")
-    monkeypatch.setattr(threads, "_chosen", 2)
-    assert threads.choose_threads(None) == (2, "--threads")
+    assert threads.set_command_threads(1) == (1, "--threads")
+    assert torch.get_num_threads() == 1
 
 
 @pytest.mark.parametrize(("cores", "busy", "local_world", "want"), [
@@ -34,6 +37,29 @@ def test_the_default_takes_the_free_share(monkeypatch, cores, busy, local_world,
     n, why = threads.choose_threads(None, local_world)
     assert n == want
     assert f"{cores} cores" in why and "train.num_threads" in why
+
+
+def test_a_command_applies_the_choice(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "other_runnable", lambda: 1)
+    torch.set_num_threads(2)
+    assert threads.set_command_threads(None)[0] == 1
+    assert torch.get_num_threads() == 1
+
+
+def test_the_trainer_leaves_the_process_setting_alone_unless_asked(handmade_prepared, tmp_path):
+    from dacdr.config import TrainConfig
+    from dacdr.models import create_model
+    from dacdr.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(epochs=1, progress=False, max_steps_per_epoch=1)
+    model = create_model("DNN-multi", handmade_prepared.spec, dim=8)
+    Trainer(handmade_prepared, model, "DNN-multi", cfg, tmp_path / "a").fit()
+    assert torch.get_num_threads() == 1
+    assert "torch threads: 1 (the process setting)" in (tmp_path / "a" / "log.txt").read_text()
+    Trainer(handmade_prepared, model, "DNN-multi", cfg.model_copy(update={"num_threads": 2}), tmp_path / "b").fit()
+    assert torch.get_num_threads() == 2
 
 
 def test_other_runnable_reads_the_kernel_count(tmp_path):

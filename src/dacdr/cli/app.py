@@ -20,6 +20,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def command_threads(threads: int | None) -> None:
+    """Set torch's threads for a training command (`--threads`, else the free share of the cores) and say so."""
+    from dacdr.training.threads import set_command_threads
+
+    n, why = set_command_threads(threads)
+    err_console.print(f"torch threads: {n} ({why}; --threads to choose)", highlight=False)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's input errors into one red line and exit code 2, instead of a traceback."""
 

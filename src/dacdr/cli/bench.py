@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dacdr.cli.app import app, console, user_errors
+from dacdr.cli.app import app, command_threads, console, user_errors
 
 
 @app.command()
@@ -28,9 +28,8 @@ def bench(
     """Train every Table 2 model on identical data per seed; write table.md, results.csv, metrics.json, a PNG."""
 
     from dacdr.recipes.bench import bench_settings, run_bench
-    from dacdr.training.threads import set_default_threads
 
-    set_default_threads(threads)
+    command_threads(threads)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     settings = bench_settings(preset, seeds=seeds, quick=quick, jobs=jobs)
     if epochs:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from dacdr.cli.app import app, console, user_errors
+from dacdr.cli.app import app, command_threads, console, user_errors
 
 
 @app.command()
@@ -24,9 +24,8 @@ def demo(
     """Generate the synthetic demo world, train DACDR, its ablations and DNN-multi, report vs the oracle."""
 
     from dacdr.recipes.demo import run_demo
-    from dacdr.training.threads import set_default_threads
 
-    set_default_threads(threads)
+    command_threads(threads)
     run_demo(out, seeds=seeds, quick=quick, console=console, preset=preset)
 
 
@@ -81,6 +80,8 @@ def train(
     from dacdr.recipes.train import train as launch_train
 
     cfg = load_run_config(config, _parse_overrides(set_ or []))
+    if nproc == 1 and not cfg.train.num_threads:  # several processes: each rank takes its share itself
+        command_threads(None)
     results = launch_train(cfg, nproc=nproc, run_dir=out, resume=resume)
     if results is not None:
         _print_results(results)

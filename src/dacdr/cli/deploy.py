@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from dacdr.cli.app import app, console, user_errors
+from dacdr.cli.app import app, command_threads, console, user_errors
 
 
 @app.command()
@@ -150,6 +150,7 @@ def finetune(
     from dacdr.recipes.finetune import finetune as run_finetune
 
     out = out or base_run.parent / f"{base_run.name}-finetune-{domain}"
+    command_threads(None)
     report = run_finetune(base_run, data, domain, out, epochs=epochs, lr=lr, log=console.print)
     console.print(json.dumps({k: report[k] for k in ("trainable_parameters", "total_parameters",
                                                      "train_seconds", "before", "after")}, indent=1))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dacdr.cli.app import app, console, user_errors
+from dacdr.cli.app import app, command_threads, console, user_errors
 
 
 def _params(pairs: list[str] | None) -> dict[str, str]:
@@ -33,9 +33,8 @@ def experiment(
     """Run an experiment on real data: convert, split per beta and seed, train the models, report."""
 
     from dacdr.recipes.experiment import load_experiment, run_experiment
-    from dacdr.training.threads import set_default_threads
 
-    set_default_threads(threads)
+    command_threads(threads)
     cfg = load_experiment(config, _params(param))
     run_experiment(cfg, out or Path("runs/experiments") / cfg.name, seeds=seeds, quick=quick, console=console)
 

@@ -1,9 +1,10 @@
-"""How many torch intra-op threads a training process uses.
+"""How many torch intra-op threads a command uses.
 
 torch's default is one thread per physical core. On a box where other jobs already run, that oversubscribes
 the cores and training slows down many times over (a demo on a 2-core box shared with one other job ran at
-841 samples/s, against 13,971 alone). So unless told otherwise, a trainer takes its share of the cores
-(`cores // local processes`) minus the threads that other processes are running right now.
+841 samples/s, against 13,971 alone). So the `dacdr` commands that train, unless told otherwise, take their
+share of the cores (`cores // local processes`) minus the threads that other processes are running right now.
+The library leaves the process's torch setting alone: a `Trainer` changes it only for `train.num_threads`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,16 @@ from __future__ import annotations
 import os
 import time
 
-_chosen: int | None = None  # set by the CLI's --threads
 
+def set_command_threads(n: int | None, local_world: int = 1) -> tuple[int, str]:
+    """Set torch's thread count for a `dacdr` command: `n` (its `--threads`) when given, else `choose_threads`.
+    Returns (threads, why) for the command to print."""
+    threads, why = (n, "--threads") if n else choose_threads(None, local_world)
+    import torch
 
-def set_default_threads(n: int | None) -> None:
-    """An explicit thread count for this process (the CLI's `--threads`); trainers without
-    `train.num_threads` use it instead of choosing one."""
-    global _chosen
-    _chosen = n
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads, why
 
 
 def usable_cores() -> int:
@@ -50,12 +49,10 @@ def other_runnable(samples: int = 3, interval: float = 0.01, source: str = "/pro
 
 
 def choose_threads(requested: int | None, local_world: int = 1) -> tuple[int, str]:
-    """(threads, why): `requested` (train.num_threads) when given, else `--threads`, else OMP_NUM_THREADS,
-    else this process's share of the cores that other processes leave free (at least 1)."""
+    """(threads, why): `requested` when given, else OMP_NUM_THREADS, else this process's share of the cores
+    that other processes leave free (at least 1)."""
     if requested:
-        return requested, "train.num_threads"
-    if _chosen:
-        return _chosen, "--threads"
+        return requested, "requested"
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env), "OMP_NUM_THREADS"
@@ -70,4 +67,4 @@ def choose_threads(requested: int | None, local_world: int = 1) -> tuple[int, st
     return n, f"{why}; set train.num_threads to choose"
 
 
-__all__ = ["choose_threads", "other_runnable", "set_default_threads", "usable_cores"]
+__all__ = ["choose_threads", "other_runnable", "set_command_threads", "usable_cores"]

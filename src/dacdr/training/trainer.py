@@ -33,7 +33,6 @@ from dacdr.models import RecModel
 from dacdr.models.phase import Phase
 from dacdr.training.checkpoint import load_checkpoint, save_checkpoint
 from dacdr.training.rundir import RunDir
-from dacdr.training.threads import choose_threads
 
 if TYPE_CHECKING:
     from dacdr.distributed.sharded import ShardedEmbeddings
@@ -230,10 +229,11 @@ class Trainer:
     def fit(self, resume: bool = True) -> list[dict[str, Any]]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
+        if cfg.num_threads and cfg.num_threads != torch.get_num_threads():
+            torch.set_num_threads(cfg.num_threads)
         if self.dist.device.type == "cpu":
-            threads, why = choose_threads(cfg.num_threads, self.dist.local_world)
-            torch.set_num_threads(threads)
-            self.log(f"torch threads: {threads} ({why})")
+            self.log(f"torch threads: {torch.get_num_threads()}"
+                     f" ({'train.num_threads' if cfg.num_threads else 'the process setting'})")
         resume_dir = self.run.resume_dir
         saved = load_checkpoint(resume_dir, self.log) if resume else None
         state: dict[str, Any] = {"phase": 0, "epoch": 0, "best": None, "bad_epochs": 0, "history": [],
