@@ -81,9 +81,9 @@ def lua(bodies: list[dict]) -> str:
 
 def make_world(out: str) -> None:
     """The demo world resized: 8,000 people, a 40,000-item catalogue, target pools of 1,000 / 5,000 / 20,000."""
-    from dacdr.data.synthetic import _default_targets, generate, get_preset
+    from dacdr.data.synthetic import default_targets, generate, get_preset
 
-    targets = _default_targets()
+    targets = default_targets()
     cfg = get_preset("demo", n_users=8000, n_items=40000, targets=[
         t.model_copy(update={"n_items": n}) for t, n in zip(targets, (1000, 5000, 20000), strict=True)])
     generate(cfg.model_copy(update={"name": "synthetic-pools"}), out, seed=0)

@@ -53,9 +53,8 @@ def cache_key(data: DataConfig, path: Path) -> str:
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
-def cache_entry(data: DataConfig, data_root: str | Path = "data") -> Path:
-    """Where `prepare(data)` keeps (or will keep) its result."""
-    path = dataset_path(data, data_root)
+def cache_entry(data: DataConfig, path: Path) -> Path:
+    """Where `prepare(data)` keeps (or will keep) its result for the dataset at `path`."""
     root = Path(data.cache_dir) if data.cache_dir else path / ".cache"
     return root / f"{'stream' if data.streaming else 'samples'}-{cache_key(data, path)}"
 
@@ -68,7 +67,7 @@ def prepare(data: DataConfig, *, data_root: str | Path = "data", log: Log = prin
 
     check_options(data)
     path = dataset_path(data, data_root)
-    target = cache_entry(data, data_root)
+    target = cache_entry(data, path)
     kind: type[PreparedData] | type[StreamingData] = StreamingData if data.streaming else PreparedData
     if (target / "meta.json").exists():
         try:

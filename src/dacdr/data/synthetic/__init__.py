@@ -23,7 +23,7 @@ from dacdr.data.synthetic.config import (
     SourceConfig,
     SyntheticConfig,
     TargetConfig,
-    _default_targets,  # noqa: F401  (benchmarks/recommend.py builds on the default targets)
+    default_targets,
     get_preset,
 )
 from dacdr.data.synthetic.summary import focus_categories, summarize
@@ -39,6 +39,7 @@ __all__ = [
     "SourceConfig",
     "SyntheticConfig",
     "TargetConfig",
+    "default_targets",
     "expected_sigmoid",
     "focus_categories",
     "generate",

@@ -18,6 +18,7 @@ __all__ = [
     "SourceConfig",
     "SyntheticConfig",
     "TargetConfig",
+    "default_targets",
     "get_preset",
 ]
 
@@ -164,7 +165,7 @@ class MechanismConfig(_Frozen):
     )
 
 
-def _default_targets() -> list[TargetConfig]:
+def default_targets() -> list[TargetConfig]:
     # Targets 2 and 3 share a business line, targets 1 and 3 a page type: domain features that generalise.
     return [
         TargetConfig(page_type="feed", business_line="fashion", ctr=0.06, overlap=0.85, reach=0.35),
@@ -326,7 +327,7 @@ class SyntheticConfig(_Frozen):
         default_factory=MechanismConfig, description="selective relevance of the history (off by default)"
     )
     targets: list[TargetConfig] = Field(
-        default_factory=_default_targets, min_length=1, description="target domains target_1 .. target_k"
+        default_factory=default_targets, min_length=1, description="target domains target_1 .. target_k"
     )
 
     @model_validator(mode="after")
@@ -465,7 +466,7 @@ PRESETS: dict[str, SyntheticConfig] = {
         n_users=500_000,
         n_items=200_000,
         source=SourceConfig(events_per_user=45),
-        targets=[t.model_copy(update={"n_items": 20_000}) for t in _default_targets()],
+        targets=[t.model_copy(update={"n_items": 20_000}) for t in default_targets()],
     ),
 }
 
