@@ -183,9 +183,9 @@ def test_start_up_with_a_bad_package_is_one_line_and_exit_2(garbage_onnx):
 # ------------------------------------------------------------------------------------------ 7. slow clients
 
 
-@pytest.fixture(scope="module")
-def slow_server(packages):
-    srv = Server(packages[0], "--read-timeout", "1", token=None)
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def slow_server(packages, request):
+    srv = Server(packages[0], "--read-timeout", "1", "--http", request.param, token=None)
     yield srv
     srv.stop()
 

@@ -95,6 +95,7 @@ def serve(
                                          help="score on the event loop, or in a thread pool")] = False,
     fast_json: Annotated[bool, typer.Option("--fast-json/--std-json", help="orjson responses")] = True,
     history_cache: Annotated[int, typer.Option(min=0, help="store look-ups cached in memory (0: off)")] = 10_000,
+    http: Annotated[str, typer.Option(help="HTTP parser: auto (httptools if installed), httptools or h11")] = "auto",
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch
@@ -111,6 +112,7 @@ def serve(
         reload_root=reload_root, read_timeout_s=read_timeout,
         inline=inline, fast_json=fast_json, history_cache=history_cache,
     )
+    protocol = header_timeout_protocol(read_timeout, http)  # type: ignore[arg-type]
     torch.set_num_threads(threads)
     try:  # load, verify and warm up before binding the port: a bad package is one line and exit 2
         scorer = Scorer.load(package_dir, settings.engine, threads, settings.history_cache)
@@ -120,7 +122,7 @@ def serve(
         raise ValueError(f"{package_dir}: cannot be served ({type(e).__name__}: {e})") from e
     console.print(f"serving {package_dir} on http://{host}:{port} (engine {engine}, {workers} worker(s))")
     options = {"host": host, "port": port, "log_level": "warning", "timeout_keep_alive": 30,
-               "limit_concurrency": 512, "http": header_timeout_protocol(read_timeout)}
+               "limit_concurrency": 512, "http": protocol}
     if workers == 1:
         uvicorn.run(create_app(settings, scorer), **options)
         return

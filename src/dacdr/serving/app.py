@@ -21,7 +21,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
@@ -191,13 +191,17 @@ class _Limits:
 HEADER_TIMEOUT_ENV = "DACDR_HEADER_TIMEOUT_S"
 
 
-class HeaderTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for request headers (uvicorn has none): a connection that opens,
-    or starts a next request, and does not complete its headers within `$DACDR_HEADER_TIMEOUT_S` seconds
-    (default 10) is closed. The setting travels in the environment so that worker processes inherit it."""
+class _HeaderDeadline(asyncio.Protocol):
+    """A deadline for request headers on top of a uvicorn HTTP protocol (uvicorn has none): a connection that
+    opens, or starts a next request, and does not complete its headers within `$DACDR_HEADER_TIMEOUT_S`
+    seconds (default 10) is closed. The setting travels in the environment so that worker processes inherit
+    it. Both uvicorn protocols create `self.cycle` when a request's headers are complete."""
 
     _timer: asyncio.TimerHandle | None = None
     _armed_cycle: object = None
+    cycle: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
 
     def _arm(self) -> None:
         self._disarm()
@@ -230,10 +234,35 @@ class HeaderTimeoutH11(H11Protocol):
         super().connection_lost(exc)
 
 
-def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
-    """The protocol class for `uvicorn.run(http=...)`, with `seconds` as the header deadline."""
+class HeaderTimeoutH11(_HeaderDeadline, H11Protocol):
+    """uvicorn's pure-Python h11 protocol with the header deadline."""
+
+
+try:  # httptools' C parser (uvicorn[standard]); h11 is the fallback
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover
+    HttpToolsProtocol = None
+
+if HttpToolsProtocol is not None:
+
+    class HeaderTimeoutHttpTools(_HeaderDeadline, HttpToolsProtocol):
+        """uvicorn's httptools protocol with the header deadline (module level: workers unpickle it)."""
+
+
+HttpParser = Literal["auto", "httptools", "h11"]
+
+
+def header_timeout_protocol(seconds: float, parser: HttpParser = "auto") -> type[asyncio.Protocol]:
+    """The protocol class for `uvicorn.run(http=...)`, with `seconds` as the header deadline: httptools' C
+    parser (`auto` when it is installed; measured in docs/serving.md) or the pure-Python h11."""
+    if parser not in ("auto", "httptools", "h11"):
+        raise ValueError(f"--http must be 'auto', 'httptools' or 'h11', got {parser!r}")
     os.environ[HEADER_TIMEOUT_ENV] = str(seconds)
-    return HeaderTimeoutH11
+    if parser == "h11" or (parser == "auto" and HttpToolsProtocol is None):
+        return HeaderTimeoutH11
+    if HttpToolsProtocol is None:
+        raise ValueError("--http httptools needs the httptools package (pip install httptools)")
+    return HeaderTimeoutHttpTools
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
