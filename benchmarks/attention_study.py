@@ -53,6 +53,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "pos": {"position_keys": True},
     "T0.5": {"temperature": 0.5},
     "mass": {"mass_feature": True},
+    "hits": {"match_counts": True},
+    "dmass": {"domain_mass_feature": True},
     "drop0.2": {"dropout": 0.2},
     "values": {"match_on": "values"},
     "drop": {"ablation": "drop"},

@@ -107,3 +107,19 @@ def test_export_package_writes_files_with_a_version_sidecar(package, tmp_path):
     assert ts.is_file() and (tmp_path / "model.pt.json").is_file()
     with pytest.raises(ValueError, match="--format"):
         export_package(package, "tflite")  # type: ignore[arg-type]
+
+
+def test_onnx_matches_eager_with_the_count_and_mass_features(package):
+    """The count features (equality against the candidate's ids) and step 1's mass export and agree."""
+    from dacdr.models import create_model
+
+    spec = load_package(package).model.spec
+    torch.manual_seed(0)
+    model = create_model("DACDR", spec, match_counts=True, domain_mass_feature=True).eval()
+    session = ort.InferenceSession(onnx_bytes(model), providers=["CPUExecutionProvider"])
+    for inputs in cases(spec):
+        inputs["item"][0] = inputs["seq"][0, -1, : inputs["item"].shape[1]]  # a candidate seen in the history
+        with torch.no_grad():
+            want = model(*inputs.values()).numpy()
+        got = session.run(["score"], {k: v.numpy() for k, v in inputs.items()})[0]
+        assert np.abs(got - want).max() <= 1e-5

@@ -225,7 +225,8 @@ def test_unknown_model_name(handmade_prepared):
 
 @pytest.mark.parametrize("name", DACDR_VARIANTS)
 @pytest.mark.parametrize("params", [{}, {"match_features": False}, {"match_on": "values", "ablation": "drop"},
-                                    {"position_keys": True, "value_init": "identity"}, {"mass_feature": True}])
+                                    {"position_keys": True, "value_init": "identity"}, {"mass_feature": True},
+                                    {"match_counts": True, "domain_mass_feature": True}])
 def test_one_history_against_many_items_equals_repeated_rows(name, params, handmade_prepared, batch):
     """Serving scores one user's history against N candidates with batch-1 user inputs; the scores must be
     those of the history repeated on every row."""
@@ -260,3 +261,40 @@ def test_cross_attention_equals_the_textbook_computation():
     ref = att.w_o((ref_w @ vh).transpose(1, 2).reshape(4, 3, 8))
     torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_field_hits_counts_the_behaviours_that_share_the_candidates_values():
+    from dacdr.models.dacdr import field_hits
+
+    # one user, 4 behaviours (item, category) + a behaviour-type field; the last position is padding
+    seq = torch.tensor([[[5, 2, 3], [6, 2, 3], [5, 4, 3], [0, 0, 0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    item = torch.tensor([[5, 2], [7, 4], [1, 1]])  # candidates: seen item of category 2; new item; OOV
+    uniform = torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]).expand(3, 2, 4)
+    hits = field_hits(seq, mask, item, uniform)
+    share = torch.tensor([[2 / 3, 2 / 3], [0.0, 1 / 3], [0.0, 0.0]])
+    torch.testing.assert_close(hits[:, :2], share)
+    torch.testing.assert_close(hits[:, 2:], torch.log1p(share * 3))  # uniform weights: the counts 2, 2 / 0, 1
+    skewed = torch.tensor([0.5, 0.0, 0.5, 0.0]).expand(3, 2, 4)  # weights move the share, not the validity
+    torch.testing.assert_close(field_hits(seq, mask, item, skewed)[0, :2], torch.tensor([1.0, 0.5]))
+
+
+def test_match_counts_reach_the_predictor(handmade_prepared, batch):
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, match_counts=True).eval()
+    parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    n = len(handmade_prepared.spec.item_fields)
+    assert parts["hits"].shape == (len(batch["label"]), 2 * n)
+    assert (parts["hits"][:, :n] >= 0).all() and (parts["hits"][:, :n] <= 1 + 1e-6).all()
+    assert model.predictor[0].in_features == 64 + 2 * n * 32 + 2 * n
+
+
+def test_domain_mass_is_steps_one_log_normaliser_and_zero_without_it(handmade_prepared, batch):
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, domain_mass_feature=True).eval()
+    parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    e_d, keys = parts["E_d"], parts["seq"]
+    _, expected = model.domain_attention.weights_and_mass(e_d, keys, batch["seq_mask"])
+    torch.testing.assert_close(parts["log_mass_d"], expected.mean(1))
+    no_da = create_model("DACDR w/o DA", handmade_prepared.spec, domain_mass_feature=True).eval()
+    assert (no_da.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])["log_mass_d"] == 0).all()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dacdr.data.features import FeatureSpec
+from dacdr.data.features import OOV, FeatureSpec
 from dacdr.models.base import RecModel
 from dacdr.models.layers import CrossAttention, FieldEmbeddings, masked_mean, mlp, recency_index, uniform_weights
 from dacdr.models.registry import register
@@ -49,7 +49,9 @@ class DACDR(RecModel):
 
     Other levers (docs/models.md): ``value_init="identity"`` starts ``W_V``, ``W_O`` at the identity;
     ``position_keys`` adds a learnt code of each behaviour's recency (0 = most recent) to the keys of both
-    steps; ``temperature`` < 1 sharpens both steps' softmax.
+    steps; ``temperature`` < 1 sharpens both steps' softmax; ``match_counts`` gives the predictor, per candidate field,
+    the step-2-weighted share (and log count) of the behaviours with the candidate's item, category, brand;
+    ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high).
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -74,12 +76,15 @@ class DACDR(RecModel):
         position_keys: bool = False,
         temperature: float = 1.0,
         mass_feature: bool = False,
+        match_counts: bool = False,
+        domain_mass_feature: bool = False,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
             encoder_hidden=list(encoder_hidden), predictor_hidden=list(predictor_hidden), dropout=dropout,
             match_features=match_features, match_on=match_on, ablation=ablation, value_init=value_init,
             position_keys=position_keys, temperature=temperature, mass_feature=mass_feature,
+            match_counts=match_counts, domain_mass_feature=domain_mass_feature,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -113,7 +118,16 @@ class DACDR(RecModel):
         # (lever, docs/models.md) the item-level step's log normaliser per candidate token: how strongly the
         # history matched the candidate at all, which the softmax divides out (0 for a removed step).
         self.mass_feature = mass_feature
+        # (lever, docs/models.md) per candidate field, how much of the history shares the candidate's value
+        # (its item, category, brand), weighted by step 2's allocation: the share and log(1 + count).
+        self.match_counts = match_counts
         pred_in = user_dim + n * dim * (2 if match_features else 1) + (n if mass_feature else 0)
+        pred_in += 2 * n if match_counts else 0
+        # (lever, docs/models.md) step 1's log normaliser per domain token: how much of the history the
+        # domain's query scores high at all (e.g. the share of the history in the domain's focus), which the
+        # softmax divides out (0 without step 1).
+        self.domain_mass_feature = domain_mass_feature
+        pred_in += m if domain_mass_feature else 0
         self.predictor = mlp([pred_in, *predictor_hidden, 1], dropout)
 
     @classmethod
@@ -144,10 +158,12 @@ class DACDR(RecModel):
 
         # Step 1 (DA): which behaviours matter for this domain.
         if self.use_da:
-            a_d = self.domain_attention.weights(e_d, keys, seq_mask)
+            a_d, log_mass_d = self.domain_attention.weights_and_mass(e_d, keys, seq_mask)
             alpha = a_d.mean(dim=(1, 2))  # over heads and domain tokens: one distribution over positions
+            out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
         else:
             a_d, alpha = uniform.expand(-1, 1, e_d.shape[1], -1), uniform[:, 0, 0]
+            out["log_mass_d"] = torch.zeros(alpha.shape[0], e_d.shape[1], dtype=s.dtype, device=s.device)
         out |= {"A_d": a_d, "alpha": alpha}
         if self.domain_attention is not None:
             out["H_d"] = self.domain_attention.values(a_d.expand(-1, -1, e_d.shape[1], -1), s)
@@ -165,6 +181,9 @@ class DACDR(RecModel):
             out["H_i"] = self.item_attention.values(a_i, s)
         if self.variant == "pool" and self.ablation == "drop":
             out["pooled"] = masked_mean(s, seq_mask)
+
+        if self.match_counts:
+            out["hits"] = field_hits(seq, seq_mask, item, a_i.mean(1))
 
         if self.match_on == "tokens":
             out["offered"] = (a_i.mean(1) @ s).expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
@@ -194,7 +213,25 @@ class DACDR(RecModel):
             pred_in.append((parts["offered"] * parts["E_i"]).reshape(b, -1))
         if self.mass_feature:
             pred_in.append(parts["log_mass"].expand(b, -1))
+        if self.match_counts:
+            pred_in.append(parts["hits"].expand(b, -1))
+        if self.domain_mass_feature:
+            pred_in.append(parts["log_mass_d"].expand(b, -1))
         return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
+
+
+def field_hits(seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """How much of the history shares each candidate field's value: [B, 2n] = per field, the weighted share
+    ``sum_l w_l [s_lf == c_f]`` and ``log(1 + share * valid behaviours)`` (with uniform weights, the count).
+
+    seq [B or 1, L, F] ids whose first n fields are the item fields, item [B, n] ids, weights [B or 1, n, L]
+    (step 2's allocation per candidate token). Padding and out-of-vocabulary ids never match.
+    """
+    n = item.shape[1]
+    hit = (seq[..., :n].transpose(1, 2) == item[:, :, None]) & (item[:, :, None] > OOV) & seq_mask[:, None, :]
+    share = (weights * hit.to(weights.dtype)).sum(-1)  # [B, n]
+    valid = seq_mask.to(weights.dtype).sum(-1, keepdim=True)  # [B or 1, 1]
+    return torch.cat([share, torch.log1p(share * valid)], dim=1)
 
 
 register("DACDR w/o DA", DACDR, family="dacdr", order=150, tags=("ablation",), variant="no_da")
