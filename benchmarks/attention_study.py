@@ -36,16 +36,19 @@ from dacdr.reporting.summary import REFERENCE_KEYS
 from dacdr.training.checkpoint import load_model
 
 V01 = {"match_on": "values", "ablation": "drop"}  # dacdr 0.1's DACDR and ablations
+# dacdr 0.2's defaults, pinned so that a label keeps its meaning when the registry's defaults move (0.3 turned
+# on the count features and step 1's mass: `DACDR+hits+dmass` is 0.3's DACDR)
+V02 = {"match_counts": False, "domain_mass_feature": False}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "paper": ("DACDR (paper)", {}),
-    "v0.1 DACDR": ("DACDR", V01),
-    "v0.1 w/o DA": ("DACDR w/o DA", V01),
-    "v0.1 w/o IA": ("DACDR w/o IA", V01),
-    "v0.1 pool": ("DACDR w/o DA&IA", V01),
-    "DACDR": ("DACDR", {}),
-    "w/o DA": ("DACDR w/o DA", {}),
-    "w/o IA": ("DACDR w/o IA", {}),
-    "pool": ("DACDR w/o DA&IA", {}),
+    "v0.1 DACDR": ("DACDR", V01 | V02),
+    "v0.1 w/o DA": ("DACDR w/o DA", V01 | V02),
+    "v0.1 w/o IA": ("DACDR w/o IA", V01 | V02),
+    "v0.1 pool": ("DACDR w/o DA&IA", V01 | V02),
+    "DACDR": ("DACDR", V02),
+    "w/o DA": ("DACDR w/o DA", V02),
+    "w/o IA": ("DACDR w/o IA", V02),
+    "pool": ("DACDR w/o DA&IA", V02),
     "DNN-multi": ("DNN-multi", {}),
 }
 LEVERS: dict[str, dict[str, Any]] = {
