@@ -76,8 +76,11 @@ def export(dataset: Path, root: Path, beta: float, seed: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ dacdr child
-def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path, run_dir: Path) -> None:
-    """Train dacdr's PTUPCDR on the split, timing each epoch of each phase; write the JSON report."""
+def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path, run_dir: Path,
+                batch_size: int | None = None) -> None:
+    """Train dacdr's PTUPCDR on the split, timing each epoch of each phase; write the JSON report.
+    `batch_size`: one for every phase (dacdr's own way) instead of the official size per stage."""
+    sizes = BATCH if batch_size is None else dict.fromkeys(BATCH, batch_size)
     import torch
 
     sys.path.insert(0, str(DRIVE.parent))
@@ -97,7 +100,7 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
 
         def _train_epoch(self, phase, train_set, opt, gen, epoch):
             base = self.cfg
-            self.cfg = base.model_copy(update={"batch_size": BATCH.get(phase.name, base.batch_size)})
+            self.cfg = base.model_copy(update={"batch_size": sizes.get(phase.name, base.batch_size)})
             try:
                 return super()._train_epoch(phase, train_set, opt, gen, epoch)
             finally:
@@ -131,7 +134,7 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
         s = stages.setdefault(rec["phase"], {"train_seconds": [], "eval_seconds": []})
         s["train_seconds"].append(rec["seconds"])
         s["train_rows"] = rec["samples"]
-        s["train_batches"] = -(-rec["samples"] // BATCH.get(rec["phase"], cfg.batch_size))
+        s["train_batches"] = -(-rec["samples"] // sizes.get(rec["phase"], cfg.batch_size))
         if "valid_mae" in rec:
             s.setdefault("valid_mae_rmse", []).append([rec["valid_mae"], rec["valid_rmse"]])
     stages["meta"]["eval_seconds"] = trainer.val_seconds
@@ -143,7 +146,7 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
            "results": {"mae": test["mae"], "rmse": test["rmse"], "test_rows": int(split.test_cold.sum()),
                        "best_meta_epoch": 1 + min(range(len(stages["meta"]["valid_mae_rmse"])),
                                                   key=lambda i: stages["meta"]["valid_mae_rmse"][i][1])},
-           "torch_threads": torch.get_num_threads()}
+           "torch_threads": torch.get_num_threads(), "batch_sizes": sizes}
     report.write_text(json.dumps(out, indent=1) + "\n")
 
 
@@ -176,7 +179,7 @@ def run_child(side: str, args: argparse.Namespace, beta: float, rnd: int, out: P
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--dataset", str(args.dataset),
                "--betas", str(beta), "--seed", str(args.seed), "--epochs", str(args.epochs), "--out", str(out),
-               "--report", str(report)]
+               "--report", str(report)] + ([] if args.dacdr_batch is None else ["--dacdr-batch", str(args.dacdr_batch)])
         cwd = out
     cwd.mkdir(parents=True, exist_ok=True)
     before = uptime()
@@ -225,6 +228,9 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
     mem = {k: {"official": median([r["memory_mib"][p]["peak" if k == "peak" else "rss"] for r in off]),
                "dacdr": median([r["memory_mib"][p]["peak" if k == "peak" else "rss"] for r in dac])}
            for k, p in (("peak", "end"), ("rss, data loaded", "data loaded"), ("rss, start", "start"))}
+    # what training adds to the process once the data and the model are in memory
+    mem["peak - rss, data loaded"] = {side: mem["peak"][side] - mem["rss, data loaded"][side]
+                                      for side in ("official", "dacdr")}
     for m in mem.values():
         m["ratio"] = m["dacdr"] / m["official"]
     o_res, d_res = off[0]["results"], dac[0]["results"]
@@ -248,13 +254,18 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "test_rows": {"official": off[0]["stages"]["PTUPCDR"]["eval_rows"], "dacdr": d_res["test_rows"]},
         "dacdr_best_meta_epoch": d_res["best_meta_epoch"],
+        "dacdr_batch_sizes": dac[0].get("batch_sizes"),
         "results_repeat": {"official": len({json.dumps(r["results"]) for r in off}) == 1,
                            "dacdr": len({json.dumps(r["results"]) for r in dac}) == 1},
     }
 
 
 def markdown(beta: float, s: dict[str, Any]) -> str:
-    lines = [f"**beta {beta:.0%}** ({s['epochs']} epochs per stage, {s['rounds']} rounds alternating; medians)",
+    sizes = s.get("dacdr_batch_sizes") or BATCH
+    batches = "the official batch size per stage" if sizes == BATCH else \
+        "dacdr batch size " + "/".join(str(sizes[p]) for p in ("source", "target", "meta")) + " (official 256/256/128)"
+    lines = [f"**beta {beta:.0%}** ({s['epochs']} epochs per stage, {s['rounds']} rounds alternating, {batches}; "
+             "medians)",
              "", "| stage | rows (official / dacdr) | batches | official s/epoch | dacdr s/epoch | dacdr speed-up |",
              "|---|---|---|---|---|---|"]
     for st in s["stages"]:
@@ -284,13 +295,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=900)
     ap.add_argument("--epochs", type=int, default=10, help="epochs of every stage, both sides")
     ap.add_argument("--rounds", type=int, default=2, help="runs per side and beta, alternating which goes first")
+    ap.add_argument("--dacdr-batch", type=int, help="dacdr: this batch size in every phase (its own way) instead "
+                    "of the official size per stage (256 / 256 / 128)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         dacdr_child(args.dataset, args.betas[0], args.seed, args.epochs, args.report,
-                    args.out / f"dacdr-run-{os.getpid()}")
+                    args.out / f"dacdr-run-{os.getpid()}", args.dacdr_batch)
         return
     if args.official is None or not (args.official / "run.py").is_file() or not (args.official / "models.py").is_file():
         raise SystemExit(f"--official {args.official}: expected a folder with the official run.py and models.py")
