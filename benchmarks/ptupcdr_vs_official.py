@@ -56,12 +56,13 @@ def ratios_of(beta: float) -> tuple[float, float]:
     return round(1 - beta, 1), round(beta, 1)
 
 
-def data_config(dataset: Path, beta: float, seed: int):
-    """The split `dacdr export-split --mode ptupcdr` prepares (cli/experiment.py)."""
+def data_config(dataset: Path, beta: float, seed: int, max_len: int = 50):
+    """The split `dacdr export-split --mode ptupcdr` prepares (cli/experiment.py); `max_len` only sets how much
+    of each source history dacdr's batches hold (the split and the exported files do not depend on it)."""
     from dacdr.config import DataConfig
 
     return DataConfig(path=str(dataset), protocol="users", cold_start_share=beta, split_seed=seed,
-                      valid_share=0.1, sequence_cutoff="all")
+                      valid_share=0.1, sequence_cutoff="all", max_len=max_len)
 
 
 def export(dataset: Path, root: Path, beta: float, seed: int) -> Path:
@@ -77,7 +78,7 @@ def export(dataset: Path, root: Path, beta: float, seed: int) -> Path:
 
 # ------------------------------------------------------------------------------------------------ dacdr child
 def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path, run_dir: Path,
-                batch_size: int | None = None) -> None:
+                batch_size: int | None = None, max_len: int = 50) -> None:
     """Train dacdr's PTUPCDR on the split, timing each epoch of each phase; write the JSON report.
     `batch_size`: one for every phase (dacdr's own way) instead of the official size per stage."""
     sizes = BATCH if batch_size is None else dict.fromkeys(BATCH, batch_size)
@@ -113,7 +114,7 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
             return out
 
     t0 = time.perf_counter()
-    prepared = prepare(data_config(dataset, beta, seed))
+    prepared = prepare(data_config(dataset, beta, seed, max_len))
     load_seconds = time.perf_counter() - t0
     torch.manual_seed(seed)
     model = create_model("PTUPCDR", prepared.spec, **data_params("PTUPCDR", len(prepared.vocabs["user"])),
@@ -146,7 +147,7 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
            "results": {"mae": test["mae"], "rmse": test["rmse"], "test_rows": int(split.test_cold.sum()),
                        "best_meta_epoch": 1 + min(range(len(stages["meta"]["valid_mae_rmse"])),
                                                   key=lambda i: stages["meta"]["valid_mae_rmse"][i][1])},
-           "torch_threads": torch.get_num_threads(), "batch_sizes": sizes}
+           "torch_threads": torch.get_num_threads(), "batch_sizes": sizes, "max_len": max_len}
     report.write_text(json.dumps(out, indent=1) + "\n")
 
 
@@ -179,7 +180,8 @@ def run_child(side: str, args: argparse.Namespace, beta: float, rnd: int, out: P
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--dataset", str(args.dataset),
                "--betas", str(beta), "--seed", str(args.seed), "--epochs", str(args.epochs), "--out", str(out),
-               "--report", str(report)] + ([] if args.dacdr_batch is None else ["--dacdr-batch", str(args.dacdr_batch)])
+               "--report", str(report)] + ["--dacdr-max-len", str(args.dacdr_max_len)] \
+            + ([] if args.dacdr_batch is None else ["--dacdr-batch", str(args.dacdr_batch)])
         cwd = out
     cwd.mkdir(parents=True, exist_ok=True)
     before = uptime()
@@ -255,6 +257,7 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "test_rows": {"official": off[0]["stages"]["PTUPCDR"]["eval_rows"], "dacdr": d_res["test_rows"]},
         "dacdr_best_meta_epoch": d_res["best_meta_epoch"],
         "dacdr_batch_sizes": dac[0].get("batch_sizes"),
+        "dacdr_max_len": dac[0].get("max_len", 50),
         "results_repeat": {"official": len({json.dumps(r["results"]) for r in off}) == 1,
                            "dacdr": len({json.dumps(r["results"]) for r in dac}) == 1},
     }
@@ -264,8 +267,8 @@ def markdown(beta: float, s: dict[str, Any]) -> str:
     sizes = s.get("dacdr_batch_sizes") or BATCH
     batches = "the official batch size per stage" if sizes == BATCH else \
         "dacdr batch size " + "/".join(str(sizes[p]) for p in ("source", "target", "meta")) + " (official 256/256/128)"
-    lines = [f"**beta {beta:.0%}** ({s['epochs']} epochs per stage, {s['rounds']} rounds alternating, {batches}; "
-             "medians)",
+    lines = [f"**beta {beta:.0%}** ({s['epochs']} epochs per stage, {s['rounds']} rounds alternating, {batches}, "
+             f"dacdr history length {s.get('dacdr_max_len', 50)} (official 20); medians)",
              "", "| stage | rows (official / dacdr) | batches | official s/epoch | dacdr s/epoch | dacdr speed-up |",
              "|---|---|---|---|---|---|"]
     for st in s["stages"]:
@@ -297,13 +300,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="runs per side and beta, alternating which goes first")
     ap.add_argument("--dacdr-batch", type=int, help="dacdr: this batch size in every phase (its own way) instead "
                     "of the official size per stage (256 / 256 / 128)")
+    ap.add_argument("--dacdr-max-len", type=int, default=50, help="dacdr: source history positions per sample "
+                    "(the official code keeps the last 20 rated above 3)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         dacdr_child(args.dataset, args.betas[0], args.seed, args.epochs, args.report,
-                    args.out / f"dacdr-run-{os.getpid()}", args.dacdr_batch)
+                    args.out / f"dacdr-run-{os.getpid()}", args.dacdr_batch, args.dacdr_max_len)
         return
     if args.official is None or not (args.official / "run.py").is_file() or not (args.official / "models.py").is_file():
         raise SystemExit(f"--official {args.official}: expected a folder with the official run.py and models.py")
