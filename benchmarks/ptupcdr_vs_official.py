@@ -28,6 +28,7 @@ reports the test MAE of the epoch selected on validation users.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -78,9 +79,10 @@ def export(dataset: Path, root: Path, beta: float, seed: int) -> Path:
 
 # ------------------------------------------------------------------------------------------------ dacdr child
 def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path, run_dir: Path,
-                batch_size: int | None = None, max_len: int = 50) -> None:
+                batch_size: int | None = None, max_len: int = 50, adamw: str = "default") -> None:
     """Train dacdr's PTUPCDR on the split, timing each epoch of each phase; write the JSON report.
-    `batch_size`: one for every phase (dacdr's own way) instead of the official size per stage."""
+    `batch_size`: one for every phase (dacdr's own way) instead of the official size per stage; `adamw`:
+    'foreach' or 'fused' builds the trainer's AdamW with that implementation (a lever measured here only)."""
     sizes = BATCH if batch_size is None else dict.fromkeys(BATCH, batch_size)
     import torch
 
@@ -88,6 +90,8 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
     from drive import memory_mib
 
     torch.set_num_threads(1)
+    if adamw != "default":  # the trainer looks torch.optim.AdamW up when it builds each phase's optimizer
+        torch.optim.AdamW = functools.partial(torch.optim.AdamW, **{adamw: True})
     memory = {"start": memory_mib()}
     from dacdr.config import TrainConfig
     from dacdr.data.prepare import prepare
@@ -147,7 +151,8 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
            "results": {"mae": test["mae"], "rmse": test["rmse"], "test_rows": int(split.test_cold.sum()),
                        "best_meta_epoch": 1 + min(range(len(stages["meta"]["valid_mae_rmse"])),
                                                   key=lambda i: stages["meta"]["valid_mae_rmse"][i][1])},
-           "torch_threads": torch.get_num_threads(), "batch_sizes": sizes, "max_len": max_len}
+           "torch_threads": torch.get_num_threads(), "batch_sizes": sizes, "max_len": max_len,
+           "adamw": adamw}
     report.write_text(json.dumps(out, indent=1) + "\n")
 
 
@@ -180,7 +185,7 @@ def run_child(side: str, args: argparse.Namespace, beta: float, rnd: int, out: P
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--dataset", str(args.dataset),
                "--betas", str(beta), "--seed", str(args.seed), "--epochs", str(args.epochs), "--out", str(out),
-               "--report", str(report)] + ["--dacdr-max-len", str(args.dacdr_max_len)] \
+               "--report", str(report), "--dacdr-max-len", str(args.dacdr_max_len), "--dacdr-adamw", args.dacdr_adamw] \
             + ([] if args.dacdr_batch is None else ["--dacdr-batch", str(args.dacdr_batch)])
         cwd = out
     cwd.mkdir(parents=True, exist_ok=True)
@@ -258,6 +263,7 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "dacdr_best_meta_epoch": d_res["best_meta_epoch"],
         "dacdr_batch_sizes": dac[0].get("batch_sizes"),
         "dacdr_max_len": dac[0].get("max_len", 50),
+        "dacdr_adamw": dac[0].get("adamw", "default"),
         "results_repeat": {"official": len({json.dumps(r["results"]) for r in off}) == 1,
                            "dacdr": len({json.dumps(r["results"]) for r in dac}) == 1},
     }
@@ -268,7 +274,8 @@ def markdown(beta: float, s: dict[str, Any]) -> str:
     batches = "the official batch size per stage" if sizes == BATCH else \
         "dacdr batch size " + "/".join(str(sizes[p]) for p in ("source", "target", "meta")) + " (official 256/256/128)"
     lines = [f"**beta {beta:.0%}** ({s['epochs']} epochs per stage, {s['rounds']} rounds alternating, {batches}, "
-             f"dacdr history length {s.get('dacdr_max_len', 50)} (official 20); medians)",
+             f"dacdr history length {s.get('dacdr_max_len', 50)} (official 20), dacdr AdamW "
+             f"{s.get('dacdr_adamw', 'default')}; medians)",
              "", "| stage | rows (official / dacdr) | batches | official s/epoch | dacdr s/epoch | dacdr speed-up |",
              "|---|---|---|---|---|---|"]
     for st in s["stages"]:
@@ -302,13 +309,15 @@ def main() -> None:
                     "of the official size per stage (256 / 256 / 128)")
     ap.add_argument("--dacdr-max-len", type=int, default=50, help="dacdr: source history positions per sample "
                     "(the official code keeps the last 20 rated above 3)")
+    ap.add_argument("--dacdr-adamw", choices=["default", "foreach", "fused"], default="default",
+                    help="dacdr: the AdamW implementation (default: torch's choice, single-tensor on CPU)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         dacdr_child(args.dataset, args.betas[0], args.seed, args.epochs, args.report,
-                    args.out / f"dacdr-run-{os.getpid()}", args.dacdr_batch, args.dacdr_max_len)
+                    args.out / f"dacdr-run-{os.getpid()}", args.dacdr_batch, args.dacdr_max_len, args.dacdr_adamw)
         return
     if args.official is None or not (args.official / "run.py").is_file() or not (args.official / "models.py").is_file():
         raise SystemExit(f"--official {args.official}: expected a folder with the official run.py and models.py")
