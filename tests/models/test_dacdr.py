@@ -147,21 +147,27 @@ def test_temperature_sharpens_the_weights(handmade_prepared, batch):
         create_model("DACDR", handmade_prepared.spec, temperature=0.0)
 
 
-def test_old_descriptions_rebuild_the_old_model(handmade_prepared, tmp_path):
-    """A checkpoint written before `match_on` existed loads as the model it was trained as."""
+@pytest.mark.parametrize("version", ["0.1", "0.2"])
+def test_old_descriptions_rebuild_the_old_model(version, handmade_prepared, tmp_path):
+    """A checkpoint written before a default moved loads as the model it was trained as: 0.1 had no `match_on`
+    (values match, dropped steps), 0.2 no `match_counts` (no count features)."""
     import json
 
     from dacdr.training.checkpoint import load_model, save_model
 
     torch.manual_seed(0)
-    old = create_model("DACDR w/o IA", handmade_prepared.spec, match_on="values", ablation="drop")
+    params = {"match_on": "values", "ablation": "drop"} if version == "0.1" else {}
+    old = create_model("DACDR w/o IA", handmade_prepared.spec, match_counts=False, **params)
     save_model(old, "DACDR w/o IA", tmp_path)
     desc = json.loads((tmp_path / "model.json").read_text())
-    for key in ("match_on", "ablation", "value_init", "position_keys", "temperature"):
+    newer = ["match_counts", "domain_mass_feature"]
+    newer += ["match_on", "ablation", "value_init", "position_keys", "temperature", "mass_feature"] if version == "0.1" else []
+    for key in newer:
         desc["params"].pop(key)
     (tmp_path / "model.json").write_text(json.dumps(desc))
     loaded, _ = load_model(tmp_path)
-    assert loaded.match_on == "values" and loaded.ablation == "drop"
+    assert not loaded.match_counts
+    assert (loaded.match_on, loaded.ablation) == (("values", "drop") if version == "0.1" else ("tokens", "uniform"))
 
 
 def test_two_step_prior(handmade_prepared, batch):
@@ -271,12 +277,12 @@ def test_field_hits_counts_the_behaviours_that_share_the_candidates_values():
     mask = torch.tensor([[True, True, True, False]])
     item = torch.tensor([[5, 2], [7, 4], [1, 1]])  # candidates: seen item of category 2; new item; OOV
     uniform = torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]).expand(3, 2, 4)
-    hits = field_hits(seq, mask, item, uniform)
+    hits = field_hits(seq, item, mask, uniform)
     share = torch.tensor([[2 / 3, 2 / 3], [0.0, 1 / 3], [0.0, 0.0]])
     torch.testing.assert_close(hits[:, :2], share)
     torch.testing.assert_close(hits[:, 2:], torch.log1p(share * 3))  # uniform weights: the counts 2, 2 / 0, 1
     skewed = torch.tensor([0.5, 0.0, 0.5, 0.0]).expand(3, 2, 4)  # weights move the share, not the validity
-    torch.testing.assert_close(field_hits(seq, mask, item, skewed)[0, :2], torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(field_hits(seq, item, mask, skewed)[0, :2], torch.tensor([1.0, 0.5]))
 
 
 def test_match_counts_reach_the_predictor(handmade_prepared, batch):

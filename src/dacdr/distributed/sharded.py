@@ -91,13 +91,21 @@ def to_kjt(batch: dict[str, torch.Tensor], spec: FeatureSpec) -> Any:
 
 
 class LookedUp(nn.Module):
-    """Stands in for `FieldEmbeddings` once the lookups run in TorchRec: inputs are already embeddings."""
+    """Stands in for `FieldEmbeddings` once the lookups run in TorchRec: inputs are already embeddings, and the
+    ids of the item fields (for models that compare ids, e.g. DACDR's count features) are handed over per call."""
+
+    ids: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def sequence(self, seq: torch.Tensor) -> torch.Tensor:
         return seq
 
     def tokens(self, tokens: torch.Tensor, fields: list[str]) -> torch.Tensor:
         return tokens
+
+    def item_ids(self, seq: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ids is None:
+            raise RuntimeError("LookedUp.item_ids: the sharded model's forward did not hand over the ids")
+        return self.ids
 
 
 class ShardableModel(nn.Module):
@@ -131,7 +139,16 @@ class ShardableModel(nn.Module):
         seq = seq.index_put(torch.nonzero(seq_mask, as_tuple=True), s)
         item = torch.stack([out[feature_name("item", f)].values() for f in spec.item_fields], dim=1)
         domain = torch.stack([out[feature_name("domain", f)].values() for f in spec.domain_fields], dim=1)
-        return self.dense(seq, seq_mask, item, domain)
+        where = torch.nonzero(seq_mask, as_tuple=True)
+        seq_ids = torch.zeros(*seq_mask.shape, len(spec.item_fields), dtype=torch.long, device=s.device)
+        for j, f in enumerate(spec.item_fields):  # the item fields lead the sequence fields (samples.py)
+            seq_ids[..., j] = seq_ids[..., j].index_put(where, features[feature_name("seq", f)].values())
+        item_ids = torch.stack([features[feature_name("item", f)].values() for f in spec.item_fields], dim=1)
+        self.dense.embeddings.ids = (seq_ids, item_ids)
+        try:
+            return self.dense(seq, seq_mask, item, domain)
+        finally:
+            self.dense.embeddings.ids = None
 
 
 def check_supported(model: RecModel) -> None:

@@ -76,7 +76,7 @@ class DACDR(RecModel):
         position_keys: bool = False,
         temperature: float = 1.0,
         mass_feature: bool = False,
-        match_counts: bool = False,
+        match_counts: bool = True,
         domain_mass_feature: bool = False,
     ):
         super().__init__(
@@ -132,10 +132,13 @@ class DACDR(RecModel):
 
     @classmethod
     def legacy_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """A description written before `match_on` existed (dacdr < 0.2) describes the old model."""
-        if "match_on" in params:
-            return params
-        return params | {"match_on": "values", "ablation": "drop"}
+        """A description written before a default moved describes the model it was trained as: no `match_on`
+        (dacdr 0.1) = values match and dropped steps; no `match_counts` (before 0.3) = no count features."""
+        if "match_on" not in params:
+            params = params | {"match_on": "values", "ablation": "drop"}
+        if "match_counts" not in params:
+            params = params | {"match_counts": False}
+        return params
 
     def output_layer(self) -> nn.Linear:
         return self.predictor[-1]
@@ -183,7 +186,7 @@ class DACDR(RecModel):
             out["pooled"] = masked_mean(s, seq_mask)
 
         if self.match_counts:
-            out["hits"] = field_hits(seq, seq_mask, item, a_i.mean(1))
+            out["hits"] = field_hits(*emb.item_ids(seq, item), seq_mask, a_i.mean(1))
 
         if self.match_on == "tokens":
             out["offered"] = (a_i.mean(1) @ s).expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
@@ -220,7 +223,7 @@ class DACDR(RecModel):
         return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
 
 
-def field_hits(seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def field_hits(seq: torch.Tensor, item: torch.Tensor, seq_mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """How much of the history shares each candidate field's value: [B, 2n] = per field, the weighted share
     ``sum_l w_l [s_lf == c_f]`` and ``log(1 + share * valid behaviours)`` (with uniform weights, the count).
 
@@ -239,4 +242,5 @@ register("DACDR w/o IA", DACDR, family="dacdr", order=160, tags=("ablation",), v
 register("DACDR w/o DA&IA", DACDR, family="dacdr", order=170, tags=("ablation",),
          variant="pool")
 # MODEL.md verbatim: no match feature (the predictor sees [u_t; vec(E_i)]), ablations as the paper reads them.
-register("DACDR (paper)", DACDR, family="dacdr", order=130, variant="full", match_features=False, ablation="drop", match_on="values")
+register("DACDR (paper)", DACDR, family="dacdr", order=130, variant="full", match_features=False, ablation="drop",
+         match_on="values", match_counts=False)

@@ -35,6 +35,11 @@ class FieldEmbeddings(nn.Module):
         """[B, n] ids, one per field -> [B, n, k] tokens."""
         return torch.stack([self.tables[f](ids[:, j]) for j, f in enumerate(fields)], dim=1)
 
+    def item_ids(self, seq: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids a model compares (sequence [B, L, F], candidate [B, n]): here the inputs themselves; sharded
+        tables (dacdr.distributed.sharded) feed embeddings instead and hand the ids over separately."""
+        return seq, item
+
     def sequence(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, L, F] ids -> [B, L, k], the sum of the fields' embeddings of each behaviour."""
         out = self.tables[self.spec.sequence_fields[0]](seq[..., 0])
