@@ -58,6 +58,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "mass": {"mass_feature": True},
     "hits": {"match_counts": True},
     "dmass": {"domain_mass_feature": True},
+    "ucount": {"count_weights": "uniform"},
     "drop0.2": {"dropout": 0.2},
     "values": {"match_on": "values"},
     "drop": {"ablation": "drop"},

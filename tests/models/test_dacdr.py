@@ -304,3 +304,12 @@ def test_domain_mass_is_steps_one_log_normaliser_and_zero_without_it(handmade_pr
     torch.testing.assert_close(parts["log_mass_d"], expected.mean(1))
     no_da = create_model("DACDR w/o DA", handmade_prepared.spec, domain_mass_feature=True).eval()
     assert (no_da.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])["log_mass_d"] == 0).all()
+
+
+def test_uniform_count_weights_give_every_variant_the_same_counts(handmade_prepared, batch):
+    torch.manual_seed(0)
+    args = (batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    hits = [create_model(name, handmade_prepared.spec, count_weights="uniform").eval().attend(*args)["hits"]
+            for name in DACDR_VARIANTS]
+    for h in hits[1:]:
+        torch.testing.assert_close(h, hits[0])

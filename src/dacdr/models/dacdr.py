@@ -50,7 +50,8 @@ class DACDR(RecModel):
     Other levers (docs/models.md): ``value_init="identity"`` starts ``W_V``, ``W_O`` at the identity;
     ``position_keys`` adds a learnt code of each behaviour's recency (0 = most recent) to the keys of both
     steps; ``temperature`` < 1 sharpens both steps' softmax; ``match_counts`` gives the predictor, per candidate field,
-    the step-2-weighted share (and log count) of the behaviours with the candidate's item, category, brand;
+    the step-2-weighted share (and log count) of the behaviours with the candidate's item, category, brand
+    (``count_weights="uniform"``: the plain share and count, the same for every variant);
     ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high).
     """
 
@@ -77,6 +78,7 @@ class DACDR(RecModel):
         temperature: float = 1.0,
         mass_feature: bool = False,
         match_counts: bool = True,
+        count_weights: Literal["attention", "uniform"] = "attention",
         domain_mass_feature: bool = False,
     ):
         super().__init__(
@@ -84,7 +86,7 @@ class DACDR(RecModel):
             encoder_hidden=list(encoder_hidden), predictor_hidden=list(predictor_hidden), dropout=dropout,
             match_features=match_features, match_on=match_on, ablation=ablation, value_init=value_init,
             position_keys=position_keys, temperature=temperature, mass_feature=mass_feature,
-            match_counts=match_counts, domain_mass_feature=domain_mass_feature,
+            match_counts=match_counts, count_weights=count_weights, domain_mass_feature=domain_mass_feature,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -120,7 +122,9 @@ class DACDR(RecModel):
         self.mass_feature = mass_feature
         # (lever, docs/models.md) per candidate field, how much of the history shares the candidate's value
         # (its item, category, brand), weighted by step 2's allocation: the share and log(1 + count).
-        self.match_counts = match_counts
+        if count_weights not in ("attention", "uniform"):
+            raise ValueError(f"unknown count_weights {count_weights!r}: expected 'attention' or 'uniform'")
+        self.match_counts, self.count_weights = match_counts, count_weights
         pred_in = user_dim + n * dim * (2 if match_features else 1) + (n if mass_feature else 0)
         pred_in += 2 * n if match_counts else 0
         # (lever, docs/models.md) step 1's log normaliser per domain token: how much of the history the
@@ -186,7 +190,8 @@ class DACDR(RecModel):
             out["pooled"] = masked_mean(s, seq_mask)
 
         if self.match_counts:
-            out["hits"] = field_hits(*emb.item_ids(seq, item), seq_mask, a_i.mean(1))
+            w = a_i.mean(1) if self.count_weights == "attention" else uniform[:, 0].expand(-1, e_i.shape[1], -1)
+            out["hits"] = field_hits(*emb.item_ids(seq, item), seq_mask, w)
 
         if self.match_on == "tokens":
             out["offered"] = (a_i.mean(1) @ s).expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
