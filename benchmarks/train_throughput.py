@@ -1,20 +1,31 @@
 """DACDR training and inference throughput on the demo preset, and peak memory, per batch size.
 
     python benchmarks/train_throughput.py --threads 2 --out docs/benchmarks-throughput.json
+    taskset -c 1 python benchmarks/train_throughput.py --threads 1 --batch-sizes 1024 --rounds 5 \
+        --models DACDR,DACDR+textbook,DNN-multi --profile     # before/after in one run, and a profile
 
 Training: samples/s over a fixed number of optimizer steps after warm-up (forward, backward, AdamW step and
-batch gathering included). Inference: samples/s of `predict` in eval mode. Peak memory: the process's peak
-RSS (ru_maxrss) after each batch size, and the tensor bytes the batch and the model hold. The same run
-times DNN-multi (mean pooling, no attention) as the in-run reference for what the attention costs.
+batch gathering included). The models are timed in turn, `--rounds` times per batch size, so that a change
+in the box's load hits all of them; each row gives the median over the rounds and the median of the
+per-round ratios to the last model listed (DNN-multi by default: mean pooling, no attention, the in-run
+reference for what the attention costs). Inference: samples/s of `predict` in eval mode. Peak memory: the
+process's peak RSS (ru_maxrss) after each batch size, and the tensor bytes a batch holds.
+
+A model may carry levers after `+`: `textbook` (DACDR's attention as it was before the weight absorption:
+the whole sequence projected through W_K and W_V; the reference of tests/models/test_attention_parity.py),
+`compile` (torch.compile of the model), `bf16` (CPU autocast to bfloat16 in the forward pass).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
+import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +36,9 @@ from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate
 from dacdr.evaluation import predict
 from dacdr.models import create_model
+from dacdr.models.layers import _MASKED, CrossAttention
+
+LEVERS = ("textbook", "compile", "bf16")
 
 
 def peak_rss_mb() -> float:
@@ -36,87 +50,204 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_rate(model, gatherer, idx, batch_size: int, steps: int, warmup: int = 3,
-               device: torch.device = torch.device("cpu")) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    gen = torch.Generator().manual_seed(0)
+def _textbook_weights_and_mass(self, query, keys, mask, log_prior=None):
+    """CrossAttention before the weight absorption: the keys projected through W_K, [B, L, k] x [k, k]."""
+    b, m, _ = query.shape
+    kb, length = keys.shape[0], keys.shape[1]
+    q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
+    kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
+    logits = q @ kk.transpose(-1, -2) * self.scale
+    if log_prior is not None:
+        logits = logits + log_prior[:, None, None, :]
+    keep = mask[:, None, None, :]
+    logits = logits.masked_fill(~keep, _MASKED)
+    weights = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
+    valid = keep.to(logits.dtype).sum(-1)
+    log_mass = torch.logsumexp(logits, dim=-1)
+    if log_prior is None:
+        log_mass = log_mass - torch.log(valid.clamp_min(1.0))
+    return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
 
-    def forever():  # epochs back to back: a timed point may need more samples than one epoch holds
-        while True:
-            yield from gatherer.iterate(idx, batch_size, shuffle=True, generator=gen)
 
-    batches = forever()
-    model.train()
-    t0, seen = None, 0
-    for step in range(warmup + steps):
-        if step == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        b = next(batches)
-        if device.type != "cpu":
-            b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-        loss = loss_fn(model.score(b), b["label"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step >= warmup:
-            seen += len(b["label"])
-    _sync(device)
-    return seen / (time.perf_counter() - t0)
+def _textbook_values(self, weights, values):
+    """CrossAttention before the change: the values projected through W_V, then averaged."""
+    vb, length, k = values.shape
+    v = self.w_v(values).view(vb, length, self.heads, self.head_dim).transpose(1, 2)
+    out = weights.expand(-1, self.heads, -1, -1) @ v
+    return self.w_o(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], k))
+
+
+@contextlib.contextmanager
+def textbook_attention() -> Iterator[None]:
+    """CrossAttention's textbook form for the duration (the same parameters and results; only the cost differs)."""
+    saved = {n: CrossAttention.__dict__[n] for n in ("weights_and_mass", "weights", "values")}
+    CrossAttention.weights_and_mass = _textbook_weights_and_mass
+    CrossAttention.weights = lambda self, q, k, m, p=None: _textbook_weights_and_mass(self, q, k, m, p)[0]
+    CrossAttention.values = _textbook_values
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(CrossAttention, n, f)
+
+
+def parse_spec(spec: str) -> tuple[str, set[str]]:
+    """`DACDR+textbook+bf16` -> ("DACDR", {"textbook", "bf16"})."""
+    name, *levers = spec.split("+")
+    unknown = set(levers) - set(LEVERS)
+    if unknown:
+        raise SystemExit(f"--models {spec!r}: unknown lever(s) {sorted(unknown)}; known: {', '.join(LEVERS)}")
+    return name, set(levers)
+
+
+def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    if "textbook" in levers:
+        stack.enter_context(textbook_attention())
+    if "bf16" in levers:
+        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+    return stack
+
+
+class Trainer:
+    """One model's training loop, resumable: each call times `steps` more optimizer steps."""
+
+    def __init__(self, model, gatherer, idx, batch_size: int, levers: set[str], device: torch.device):
+        self.model, self.levers, self.device = model, levers, device
+        if "compile" in levers:
+            model.compile()
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        gen = torch.Generator().manual_seed(0)
+
+        def forever():  # epochs back to back: a timed point may need more samples than one epoch holds
+            while True:
+                yield from gatherer.iterate(idx, batch_size, shuffle=True, generator=gen)
+
+        self.batches = forever()
+
+    def step(self) -> int:
+        b = next(self.batches)
+        if self.device.type != "cpu":
+            b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+        with lever_context(self.levers, self.device):
+            loss = self.loss_fn(self.model.score(b).float(), b["label"])
+        self.opt.zero_grad(set_to_none=True)
+        with lever_context(self.levers - {"bf16"}, self.device):  # autocast covers the forward pass only
+            loss.backward()
+        self.opt.step()
+        return len(b["label"])
+
+    def rate(self, steps: int, clock=time.perf_counter) -> float:
+        self.model.train()
+        _sync(self.device)
+        t0, seen = clock(), 0
+        for _ in range(steps):
+            seen += self.step()
+        _sync(self.device)
+        return seen / (clock() - t0)
+
+
+def profile_steps(trainer: Trainer, steps: int = 10, top: int = 15) -> str:
+    """torch.profiler's table of the ops with the most self CPU time over `steps` training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            trainer.step()
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40, max_shapes_column_width=60)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/synthetic-demo-seed0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-sizes", default="256,512,1024,2048,4096")
-    ap.add_argument("--samples-per-point", type=int, default=60_000, help="training samples timed per point")
+    ap.add_argument("--samples-per-point", type=int, default=60_000,
+                    help="training samples timed per model, batch size and round")
+    ap.add_argument("--rounds", type=int, default=1, help="the models are timed in turn this many times")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per model and batch size")
     ap.add_argument("--max-len", type=int, default=50)
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (batches are gathered on the CPU either way)")
-    ap.add_argument("--models", default="DACDR,DNN-multi")
+    ap.add_argument("--models", default="DACDR,DNN-multi",
+                    help="comma-separated; the last is the reference of the ratios; levers after '+': "
+                    + ", ".join(LEVERS))
+    ap.add_argument("--profile", action="store_true",
+                    help="print torch.profiler's top ops of each model at the first batch size")
+    ap.add_argument("--no-inference", action="store_true")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: the process's CPU time (one thread on a shared box: what other jobs take is not "
+                    "counted; with several threads it sums them, so use wall)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     data = Path(args.data)
     if not (data / "dataset.json").exists():
         generate("demo", data, seed=0)
     prepared = prepare(DataConfig(path=str(data), max_len=args.max_len))
     g = BatchGatherer(prepared)
     idx = prepared.split.train_target
+    specs = [(spec, *parse_spec(spec)) for spec in args.models.split(",")]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    ref_spec = specs[-1][0]
     rows = []
-    for name in args.models.split(","):
-        for bs in map(int, args.batch_sizes.split(",")):
-            model = create_model(name, prepared.spec).to(device)
-            steps = max(5, args.samples_per_point // bs)
-            rate = train_rate(model, g, idx, bs, steps, device=device)
-            b = g.gather(idx[:bs])
-            batch_mb = sum(t.numel() * t.element_size() for t in b.values()) / 2**20
-            rows.append({"model": name, "batch_size": bs, "train_samples_per_s": round(rate),
-                         "batch_tensor_mb": round(batch_mb, 2), "peak_rss_mb": round(peak_rss_mb())}
+    for bs in map(int, args.batch_sizes.split(",")):
+        trainers = {}
+        for spec, name, levers in specs:
+            torch.manual_seed(0)  # the same initial weights for a model with or without levers
+            trainers[spec] = Trainer(create_model(name, prepared.spec).to(device), g, idx, bs, levers, device)
+            for _ in range(args.warmup):
+                trainers[spec].step()
+        steps = max(5, args.samples_per_point // bs)
+        rates: dict[str, list[float]] = {spec: [] for spec, *_ in specs}
+        for _ in range(args.rounds):
+            for spec, *_ in specs:
+                rates[spec].append(trainers[spec].rate(steps, clock))
+        batch_mb = sum(t.numel() * t.element_size() for t in g.gather(idx[:bs]).values()) / 2**20
+        for spec, *_ in specs:
+            ratios = [a / b for a, b in zip(rates[spec], rates[ref_spec], strict=True)]
+            rows.append({"model": spec, "batch_size": bs, "train_samples_per_s": round(statistics.median(rates[spec])),
+                         f"ratio_to_{ref_spec}": round(statistics.median(ratios), 3),
+                         "rounds": [round(r) for r in rates[spec]], "batch_tensor_mb": round(batch_mb, 2),
+                         "peak_rss_mb": round(peak_rss_mb())}
                         | ({"peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
                            if device.type == "cuda" else {}))
             print(rows[-1], flush=True)
+        if args.profile and bs == int(args.batch_sizes.split(",")[0]):
+            for spec, *_ in specs:
+                print(f"--- profile: {spec}, batch {bs}, 10 steps, {args.threads} thread(s)")
+                print(profile_steps(trainers[spec]), flush=True)
+        del trainers
+    for spec, name, levers in [] if args.no_inference else specs:
+        torch.manual_seed(0)
         model = create_model(name, prepared.spec).to(device)
         test = prepared.split.test
-        predict(model, g, test[:8192])  # warm-up
-        t0 = time.perf_counter()
-        predict(model, g, test, batch_size=8192)
+        with lever_context(levers, device):
+            predict(model, g, test[:8192])  # warm-up
+            t0 = time.perf_counter()
+            predict(model, g, test, batch_size=8192)
         _sync(device)
         inf = len(test) / (time.perf_counter() - t0)
-        rows.append({"model": name, "inference_samples_per_s": round(inf), "eval_batch_size": 8192,
+        rows.append({"model": spec, "inference_samples_per_s": round(inf), "eval_batch_size": 8192,
                      "n": len(test)})
         print(rows[-1], flush=True)
     n_params = sum(p.numel() for p in create_model("DACDR", prepared.spec).parameters())
-    report = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads, "device": str(device),
-              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    report = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads,
+              "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "torch": torch.__version__, "max_len": args.max_len, "dacdr_parameters": n_params,
-              "train_samples": len(idx), "rows": rows}
+              "train_samples": len(idx), "rounds": args.rounds, "clock": args.clock, "load_average": _load(), "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in __import__("os").getloadavg()]
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

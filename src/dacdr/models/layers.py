@@ -48,6 +48,60 @@ class FieldEmbeddings(nn.Module):
         return out
 
 
+class _ScoresOver(torch.autograd.Function):
+    """``a @ s^T``: a few rows a [B, J, k] scored against a long sequence s [B, L, k] -> [B, J, L].
+
+    Autograd's own backward of this product returns the sequence's gradient as a transposed view, and both
+    computing it that way and adding it into the sequence's other gradients take several times the product
+    itself; here it comes out contiguous [B, L, k] from one product with the (small) scores' gradient."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, s)
+        return a @ s.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        a, s = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_a = (grad @ s).sum_to_size(a.shape) if ctx.needs_input_grad[0] else None
+        grad_s = (grad.transpose(1, 2).contiguous() @ a).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_s
+
+
+class _PoolOver(torch.autograd.Function):
+    """``w @ s``: weights w [B, J, L] over a long sequence s [B, L, k] -> [B, J, k], with the sequence's gradient
+    from w transposed into a contiguous copy first (the strided product autograd would take is slow)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w, s)
+        return w @ s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        w, s = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_w = (grad @ s.transpose(1, 2)).sum_to_size(w.shape) if ctx.needs_input_grad[0] else None
+        grad_s = (w.transpose(1, 2).contiguous() @ grad).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
+        return grad_w, grad_s
+
+
+def _plain_graph() -> bool:
+    """Tracing (ONNX, TorchScript) or no gradient: the plain products, which every exporter knows."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not torch.is_grad_enabled()
+
+
+def scores_over(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``a @ s.transpose(1, 2)`` for a few rows a [B, J, k] and a sequence s [B or 1, L, k] -> [B, J, L]."""
+    return a @ s.transpose(1, 2) if _plain_graph() else _ScoresOver.apply(a, s)
+
+
+def pool_over(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``w @ s`` for weights w [B, J, L] and a sequence s [B or 1, L, k] -> [B, J, k]."""
+    return w @ s if _plain_graph() else _PoolOver.apply(w, s)
+
+
 class CrossAttention(nn.Module):
     """Multi-head masked cross-attention with an optional log-prior on the keys.
 
@@ -86,7 +140,7 @@ class CrossAttention(nn.Module):
         log_prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention weights [B, h, m, L] of query [B, m, k] over keys [B (or 1), L, k]; zero on masked keys."""
-        return self.weights_and_mass(query, keys, mask, log_prior)[0]
+        return self._weights(query, keys, mask, log_prior, with_mass=False)[0]
 
     def weights_and_mass(
         self,
@@ -99,31 +153,58 @@ class CrossAttention(nn.Module):
         key scores the same, large when a few keys score high. The softmax divides it out, and with it how many
         behaviours matched the query (DIN keeps it by not normalising); a model may feed it back. 0 for an
         empty history."""
+        return self._weights(query, keys, mask, log_prior, with_mass=True)
+
+    def _weights(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        log_prior: torch.Tensor | None,
+        with_mass: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.w_q is None or self.w_k is None:
             raise RuntimeError("this attention has no scoring path (scores=False): pass its weights")
-        b, m, _ = query.shape
-        kb, length = keys.shape[0], keys.shape[1]  # kb may be 1 against b queries: keys are then broadcast
-        q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
-        kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
-        logits = q @ kk.transpose(-1, -2) * self.scale
+        b, m, k = query.shape
+        # q_h . (W_K,h s_l) == (W_K,h^T q_h) . s_l: W_K is absorbed into the m queries (a k-vector per head)
+        # and the logits are taken against the raw keys, so the B x L x k sequence is never projected (the
+        # weights are those of the textbook form up to float rounding; tests/models/test_attention_parity.py).
+        q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)  # [B, h, m, k_h]
+        qk = q @ (self.w_k.weight.view(self.heads, self.head_dim, k) * self.scale)  # [B, h, m, k]
+        logits = scores_over(qk.reshape(b, self.heads * m, k), keys)  # [B, h m, L]; keys of batch 1 broadcast
+        logits = logits.view(logits.shape[0], self.heads, m, logits.shape[2])
         if log_prior is not None:
             logits = logits + log_prior[:, None, None, :]
         keep = mask[:, None, None, :]
         logits = logits.masked_fill(~keep, _MASKED)
-        weights = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
-        # log sum_l prior_l e^score_l; without a prior the prior is uniform, 1 / (valid keys)
+        soft = torch.softmax(logits, dim=-1)
+        weights = soft * keep.to(logits.dtype)
+        if not with_mass:
+            return weights, None
+        # log sum_l prior_l e^score_l = top logit - log(its softmax weight), a weight in [1/L, 1]: the same
+        # value and gradient as logsumexp without a second exp over the logits (exp is slow on the masked -1e9)
+        top, at = logits.max(dim=-1, keepdim=True)
+        log_mass = (top - torch.log(soft.gather(-1, at))).squeeze(-1)
+        # without a prior the prior is uniform, 1 / (valid keys)
         valid = keep.to(logits.dtype).sum(-1)
-        log_mass = torch.logsumexp(logits, dim=-1)
         if log_prior is None:
             log_mass = log_mass - torch.log(valid.clamp_min(1.0))
         return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
 
     def values(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``(weights V W_V) W_O``: weights [B, h or 1, m, L], values [B (or 1), L, k] -> [B, m, k]."""
-        vb, length, k = values.shape
-        v = self.w_v(values).view(vb, length, self.heads, self.head_dim).transpose(1, 2)
-        out = weights.expand(-1, self.heads, -1, -1) @ v
-        return self.w_o(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], k))
+        k = values.shape[-1]
+        hw, m = weights.shape[1], weights.shape[2]
+        # A (S W_V,h^T) == (A S) W_V,h^T: average the raw tokens first and project the m averages per head,
+        # so the B x L x k sequence is never projected; batch-1 values broadcast against B weights. (Shapes are
+        # read with .shape, not unflatten/flatten, so that a trace for ONNX keeps the batch axes dynamic.)
+        # contiguous: weights expanded over the queries (stride 0) send bmm down a slow per-sample loop
+        pooled = pool_over(weights.reshape(weights.shape[0], hw * m, weights.shape[3]).contiguous(), values)
+        pooled = pooled.view(pooled.shape[0], hw, m, k)
+        w_v = self.w_v.weight.view(self.heads, self.head_dim, k).transpose(1, 2)  # [h, k, k_h]
+        out = (pooled @ w_v).transpose(1, 2)  # [B, m, h, k_h]; weights shared by the heads (hw = 1) broadcast
+        out = out.reshape(out.shape[0], m, k)
+        return self.w_o(out)
 
     def forward(
         self,

@@ -1,0 +1,216 @@
+"""CrossAttention's fast form (W_K absorbed into the queries, W_V applied after the weighted mean) against the
+textbook form kept here: the same weights, log-masses, outputs and gradients for every DACDR variant and option.
+
+The reference below is the implementation as it stood before the change (dacdr 0.2): it projects the whole
+``B x L x k`` sequence through ``W_K`` and ``W_V``. Both are linear maps, so the fast form is the same function;
+only the order of the float sums differs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dacdr.data.batches import BatchGatherer
+from dacdr.models import create_model
+from dacdr.models.layers import _MASKED, CrossAttention
+
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def ref_weights_and_mass(self, query, keys, mask, log_prior=None):
+    b, m, _ = query.shape
+    kb, length = keys.shape[0], keys.shape[1]
+    q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
+    kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
+    logits = q @ kk.transpose(-1, -2) * self.scale
+    if log_prior is not None:
+        logits = logits + log_prior[:, None, None, :]
+    keep = mask[:, None, None, :]
+    logits = logits.masked_fill(~keep, _MASKED)
+    weights = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
+    valid = keep.to(logits.dtype).sum(-1)
+    log_mass = torch.logsumexp(logits, dim=-1)
+    if log_prior is None:
+        log_mass = log_mass - torch.log(valid.clamp_min(1.0))
+    return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
+
+
+def ref_weights(self, query, keys, mask, log_prior=None):
+    return ref_weights_and_mass(self, query, keys, mask, log_prior)[0]
+
+
+def ref_values(self, weights, values):
+    vb, length, k = values.shape
+    v = self.w_v(values).view(vb, length, self.heads, self.head_dim).transpose(1, 2)
+    out = weights.expand(-1, self.heads, -1, -1) @ v
+    return self.w_o(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], k))
+
+
+@pytest.fixture
+def reference(monkeypatch):
+    """Call it to switch CrossAttention to the textbook form for the rest of the test."""
+
+    def use() -> None:
+        monkeypatch.setattr(CrossAttention, "weights_and_mass", ref_weights_and_mass)
+        monkeypatch.setattr(CrossAttention, "weights", ref_weights)
+        monkeypatch.setattr(CrossAttention, "values", ref_values)
+
+    return use
+
+
+def _peaky(module: torch.nn.Module, seed: int) -> None:
+    """Random weights large enough for sharp attention: near-uniform weights would hide a wrong score path."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.4 if p.ndim > 1 else 0.1))
+
+
+def _inputs(b: int, m: int, length: int, k: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(b, m, k, generator=gen)
+    keys = torch.randn(b, length, k, generator=gen)
+    mask = torch.rand(b, length, generator=gen) < 0.6
+    mask[0] = True  # a full history
+    mask[1] = False  # an empty one: zeros, never NaN
+    prior = torch.softmax(torch.randn(b, length, generator=gen) * 2, -1).clamp_min(1e-12).log()
+    return query, keys, mask, prior
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype = torch.float32, what: str = "") -> None:
+    """Equal up to float noise, relative to the tensor's scale (a parameter's gradient sums many terms)."""
+    atol, rtol = (ATOL, RTOL) if dtype == torch.float32 else (1e-10, 1e-9)
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    torch.testing.assert_close(got, want, atol=atol * scale, rtol=rtol, msg=lambda s: f"{what}: {s}")
+
+
+def _run(att, query, keys, mask, prior, values, weights_in):
+    """Every path of the module, and the gradients of a fixed random projection of its outputs."""
+    leaves = [t.detach().requires_grad_() for t in (query, keys, values, weights_in)]
+    q, kk, v, w_in = leaves
+    outs = []
+    if att.w_q is not None:
+        w, mass = att.weights_and_mass(q, kk, mask, prior)
+        outs += [w, mass, att.weights(q, kk, mask), att.values(w, v)]
+        outs += list(att(q, kk, mask, prior, values=v))
+    outs.append(att.values(w_in, v))
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+    att.zero_grad()
+    loss.backward()
+    grads = [t.grad for t in leaves] + [p.grad for p in att.parameters()]
+    return [o.detach() for o in outs], grads
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("scores", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.3])
+@pytest.mark.parametrize("broadcast", ["none", "keys", "query"])
+@pytest.mark.parametrize("weight_heads", ["heads", "one"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cross_attention_matches_the_textbook_form(heads, scores, temperature, broadcast, weight_heads, dtype,
+                                                    reference):
+    """Outputs and gradients (inputs and parameters) with masks, empty rows, a log prior, keys of batch 1
+    against B queries (serving) and the reverse, and weights shared by every head (a fixed allocation).
+    In float64 the two forms agree to 1e-10 (the algebra); in float32 to float noise."""
+    k, b, m, length = 8, 5, 3, 7
+    att = CrossAttention(k, heads=heads, scores=scores, temperature=temperature)
+    _peaky(att, seed=heads)
+    att.to(dtype)
+    query, keys, mask, prior = (t.to(dtype) if t.is_floating_point() else t
+                                for t in _inputs(b, m, length, k, seed=heads))
+    values = keys + 0.5
+    if broadcast == "keys":  # one user's history against B candidate queries
+        keys, values, mask, prior = keys[:1], values[:1], mask[:1], prior[:1]
+    elif broadcast == "query":
+        query = query[:1]
+    hw = heads if weight_heads == "heads" else 1
+    # B given weights against values of batch 1 when broadcasting, as a step's weights meet one user's history
+    weights_in = torch.softmax(torch.randn(b, hw, m, length, dtype=dtype), -1) * mask[:, None, None, :]
+    fast = _run(att, query, keys, mask, prior, values, weights_in)
+    reference()
+    ref = _run(att, query, keys, mask, prior, values, weights_in)
+    for got, want in zip(fast[0] + fast[1], ref[0] + ref[1], strict=True):
+        if want is None:  # an input the module does not use without scores (query, keys)
+            assert got is None and not scores
+            continue
+        assert torch.isfinite(got).all()
+        _close(got, want, dtype)
+    if scores:  # the empty history: zero weights, zero output, zero log-mass
+        w, mass, *_ = fast[0]
+        empty = 1 if broadcast != "keys" else None
+        if empty is not None:
+            assert torch.all(w[empty] == 0) and torch.all(mass[empty] == 0)
+
+
+DACDR_CASES = [
+    ("DACDR", {}),
+    ("DACDR w/o DA", {}),
+    ("DACDR w/o IA", {}),
+    ("DACDR w/o DA&IA", {}),
+    ("DACDR (paper)", {}),
+    ("DACDR", {"ablation": "drop"}),
+    ("DACDR w/o DA", {"ablation": "drop", "match_on": "values"}),
+    ("DACDR w/o IA", {"ablation": "drop", "match_on": "values"}),
+    ("DACDR w/o DA&IA", {"ablation": "drop", "match_on": "values"}),
+    ("DACDR w/o DA&IA", {"ablation": "drop"}),
+    ("DACDR", {"match_on": "values"}),
+    ("DACDR", {"value_init": "identity", "position_keys": True}),
+    ("DACDR", {"temperature": 0.3, "mass_feature": True}),
+    ("DACDR w/o DA", {"mass_feature": True, "position_keys": True}),
+    ("DACDR", {"heads": 4, "match_features": False}),
+    ("DACDR", {"heads": 1}),
+]
+
+
+@pytest.fixture(scope="module")
+def batch(handmade_prepared):
+    b = BatchGatherer(handmade_prepared).gather(np.arange(0, handmade_prepared.n_samples, 3))
+    b["seq_mask"][:3] = False  # cold users with no history at all
+    b["seq"][:3] = 0
+    return b
+
+
+def _model_outputs(model, batch):
+    """Scores, the attention internals, and every parameter's gradient of a random projection of those internals;
+    and one user's history against many candidates with batch-1 user inputs, as serving calls it. (The score's
+    own gradient is left out: a ReLU input within float noise of 0 flips it in either form.)"""
+    model.zero_grad()
+    parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    gen = torch.Generator().manual_seed(3)
+    sum((v * torch.randn(v.shape, generator=gen)).sum() for v in parts.values()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    row = int(batch["seq_mask"].sum(1).argmax())
+    with torch.no_grad():
+        score = model.score(batch)
+        served = model(batch["seq"][row : row + 1], batch["seq_mask"][row : row + 1], batch["item"],
+                       batch["domain"][row : row + 1])
+    return {"score": score, "served": served, **{k: v.detach() for k, v in parts.items()}}, grads
+
+
+@pytest.mark.parametrize(("name", "params"), DACDR_CASES)
+def test_dacdr_matches_the_textbook_attention(name, params, handmade_prepared, batch, reference):
+    """The same parameters, outputs, attention weights and gradients with either attention form."""
+    torch.manual_seed(0)
+    model = create_model(name, handmade_prepared.spec, **params)
+    for part in (model.embeddings, model.positions, model.domain_attention, model.item_attention):
+        if part is not None:  # sharp attention; the MLPs keep their initialisation
+            _peaky(part, seed=1)
+    keys = list(model.state_dict())
+    fast_out, fast_grads = _model_outputs(model, batch)
+    reference()
+    ref_out, ref_grads = _model_outputs(model, batch)
+    assert list(model.state_dict()) == keys
+    assert fast_out.keys() == ref_out.keys() and fast_grads.keys() == ref_grads.keys()
+    assert {n.split(".")[0] for n in ref_grads} >= {"embeddings"}
+    for key in ref_out:
+        assert torch.isfinite(fast_out[key]).all(), key
+        _close(fast_out[key], ref_out[key], what=key)
+    for key in ref_grads:
+        assert torch.isfinite(fast_grads[key]).all(), key
+        _close(fast_grads[key], ref_grads[key], what=f"grad {key}")
+    empty = ~batch["seq_mask"].any(1)
+    if "A_i" in fast_out:
+        assert torch.all(fast_out["A_i"][empty] == 0)
