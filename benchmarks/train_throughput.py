@@ -11,9 +11,11 @@ per-round ratios to the last model listed (DNN-multi by default: mean pooling, n
 reference for what the attention costs). Inference: samples/s of `predict` in eval mode. Peak memory: the
 process's peak RSS (ru_maxrss) after each batch size, and the tensor bytes a batch holds.
 
-A model may carry levers after `+`: `textbook` (DACDR's attention as it was before the weight absorption:
-the whole sequence projected through W_K and W_V; the reference of tests/models/test_attention_parity.py),
-`compile` (torch.compile of the model), `bf16` (CPU autocast to bfloat16 in the forward pass).
+A model may carry levers after `+`: an attention form, `textbook` (DACDR's attention before the weight
+absorption: the whole sequence projected through W_K and W_V, as tests/models/test_attention_parity.py keeps it)
+or one of the intermediate forms (`absorbed`, `absorbed-lse`, `absorbed-lse-contig`: see `_staged`), without
+which the library's own form runs; `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
+in the forward pass; not the same results).
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate
 from dacdr.evaluation import predict
 from dacdr.models import create_model
-from dacdr.models.layers import _MASKED, CrossAttention
+from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 
-LEVERS = ("textbook", "compile", "bf16")
+# Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
+# then levers applied on top of whichever form runs.
+FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
+LEVERS = (*FORMS, "compile", "bf16")
 
 
 def peak_rss_mb() -> float:
@@ -77,13 +82,67 @@ def _textbook_values(self, weights, values):
     return self.w_o(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], k))
 
 
+def _staged(stage: int):
+    """The intermediate forms between the textbook one and the library's, as CrossAttention methods:
+    1 `absorbed`: W_K absorbed into the queries per head, W_V applied after the weighted mean (autograd's
+    products, logsumexp for the log-mass of both steps); 2 `absorbed-lse`: + the log-mass only where asked, from
+    the softmax's top weight, and weights made contiguous before the pooling product; 3 `absorbed-lse-contig`:
+    + the products with contiguous sequence gradients (layers.scores_over / pool_over). The library's form adds
+    the merged W_Q W_K and W_O W_V maps and the mask as an additive bias."""
+
+    def weights_and_mass(self, query, keys, mask, log_prior=None, with_mass=True):
+        b, m, k = query.shape
+        q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
+        qk = (q @ (self.w_k.weight.view(self.heads, self.head_dim, k) * self.scale)).reshape(b, self.heads * m, k)
+        logits = scores_over(qk, keys) if stage >= 3 else qk @ keys.transpose(1, 2)
+        logits = logits.view(logits.shape[0], self.heads, m, logits.shape[2])
+        if log_prior is not None:
+            logits = logits + log_prior[:, None, None, :]
+        keep = mask[:, None, None, :]
+        logits = logits.masked_fill(~keep, _MASKED)
+        soft = torch.softmax(logits, dim=-1)
+        weights = soft * keep.to(logits.dtype)
+        if not with_mass:
+            return weights, None
+        valid = keep.to(logits.dtype).sum(-1)
+        if stage >= 2:
+            top, at = logits.max(dim=-1, keepdim=True)
+            log_mass = (top - torch.log(soft.gather(-1, at))).squeeze(-1)
+        else:
+            log_mass = torch.logsumexp(logits, dim=-1)
+        if log_prior is None:
+            log_mass = log_mass - torch.log(valid.clamp_min(1.0))
+        return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
+
+    def weights(self, query, keys, mask, log_prior=None):
+        return weights_and_mass(self, query, keys, mask, log_prior, with_mass=stage < 2)[0]
+
+    def values(self, weights, values):
+        k = values.shape[-1]
+        hw, m = weights.shape[1], weights.shape[2]
+        rows = weights.reshape(weights.shape[0], hw * m, weights.shape[3])
+        rows = rows.contiguous() if stage >= 2 else rows
+        pooled = pool_over(rows, values) if stage >= 3 else rows @ values
+        pooled = pooled.view(pooled.shape[0], hw, m, k)
+        w_v = self.w_v.weight.view(self.heads, self.head_dim, k).transpose(1, 2)
+        out = (pooled @ w_v).transpose(1, 2)
+        return self.w_o(out.reshape(out.shape[0], m, k))
+
+    return {"weights_and_mass": weights_and_mass, "weights": weights, "values": values}
+
+
+def _textbook_methods():
+    return {"weights_and_mass": _textbook_weights_and_mass, "values": _textbook_values,
+            "weights": lambda self, q, k, m, p=None: _textbook_weights_and_mass(self, q, k, m, p)[0]}
+
+
 @contextlib.contextmanager
-def textbook_attention() -> Iterator[None]:
-    """CrossAttention's textbook form for the duration (the same parameters and results; only the cost differs)."""
-    saved = {n: CrossAttention.__dict__[n] for n in ("weights_and_mass", "weights", "values")}
-    CrossAttention.weights_and_mass = _textbook_weights_and_mass
-    CrossAttention.weights = lambda self, q, k, m, p=None: _textbook_weights_and_mass(self, q, k, m, p)[0]
-    CrossAttention.values = _textbook_values
+def attention_form(form: str) -> Iterator[None]:
+    """CrossAttention in one of FORMS for the duration (the same parameters and results; only the cost differs)."""
+    methods = _textbook_methods() if form == "textbook" else _staged(FORMS.index(form))
+    saved = {n: CrossAttention.__dict__[n] for n in methods}
+    for n, f in methods.items():
+        setattr(CrossAttention, n, f)
     try:
         yield
     finally:
@@ -97,13 +156,15 @@ def parse_spec(spec: str) -> tuple[str, set[str]]:
     unknown = set(levers) - set(LEVERS)
     if unknown:
         raise SystemExit(f"--models {spec!r}: unknown lever(s) {sorted(unknown)}; known: {', '.join(LEVERS)}")
+    if len(set(levers) & set(FORMS)) > 1:
+        raise SystemExit(f"--models {spec!r}: at most one attention form of {', '.join(FORMS)}")
     return name, set(levers)
 
 
 def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
-    if "textbook" in levers:
-        stack.enter_context(textbook_attention())
+    for form in set(levers) & set(FORMS):
+        stack.enter_context(attention_form(form))
     if "bf16" in levers:
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack

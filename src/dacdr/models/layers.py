@@ -166,19 +166,23 @@ class CrossAttention(nn.Module):
         if self.w_q is None or self.w_k is None:
             raise RuntimeError("this attention has no scoring path (scores=False): pass its weights")
         b, m, k = query.shape
-        # q_h . (W_K,h s_l) == (W_K,h^T q_h) . s_l: W_K is absorbed into the m queries (a k-vector per head)
-        # and the logits are taken against the raw keys, so the B x L x k sequence is never projected (the
-        # weights are those of the textbook form up to float rounding; tests/models/test_attention_parity.py).
-        q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)  # [B, h, m, k_h]
-        qk = q @ (self.w_k.weight.view(self.heads, self.head_dim, k) * self.scale)  # [B, h, m, k]
-        logits = scores_over(qk.reshape(b, self.heads * m, k), keys)  # [B, h m, L]; keys of batch 1 broadcast
-        logits = logits.view(logits.shape[0], self.heads, m, logits.shape[2])
+        h = self.heads
+        # q_h . (W_K,h s_l) == (query M_h) . s_l with M_h = W_Q,h^T W_K,h [k, k]: the projections are absorbed
+        # into the m queries and the logits are taken against the raw keys, so the B x L x k sequence is never
+        # projected (the textbook form's weights up to float rounding: tests/models/test_attention_parity.py).
+        w_q, w_k = self.w_q.weight.view(h, self.head_dim, k), self.w_k.weight.view(h, self.head_dim, k)
+        q_map = (w_q.transpose(1, 2) @ w_k * self.scale).transpose(0, 1).reshape(k, h * k)  # [k, h k]
+        qk = (query @ q_map).view(b, m * h, k)  # rows (query, head)
+        logits = scores_over(qk, keys)  # [B, m h, L]; keys of batch 1 broadcast
+        logits = logits.view(logits.shape[0], m, h, logits.shape[2]).transpose(1, 2)  # [B, h, m, L] (a view)
+        # masked keys get -1e9 added (a masked_fill costs a pass more, forward and backward); the prior rides along
+        bias = torch.zeros_like(mask, dtype=logits.dtype).masked_fill(~mask, _MASKED)
         if log_prior is not None:
-            logits = logits + log_prior[:, None, None, :]
-        keep = mask[:, None, None, :]
-        logits = logits.masked_fill(~keep, _MASKED)
+            bias = bias + log_prior
+        logits = logits + bias[:, None, None, :]
         soft = torch.softmax(logits, dim=-1)
-        weights = soft * keep.to(logits.dtype)
+        keep = mask[:, None, None, :].to(logits.dtype)
+        weights = soft * keep  # a query with no valid key: zeros, not the softmax's uniform row
         if not with_mass:
             return weights, None
         # log sum_l prior_l e^score_l = top logit - log(its softmax weight), a weight in [1/L, 1]: the same
@@ -186,7 +190,7 @@ class CrossAttention(nn.Module):
         top, at = logits.max(dim=-1, keepdim=True)
         log_mass = (top - torch.log(soft.gather(-1, at))).squeeze(-1)
         # without a prior the prior is uniform, 1 / (valid keys)
-        valid = keep.to(logits.dtype).sum(-1)
+        valid = keep.sum(-1)
         if log_prior is None:
             log_mass = log_mass - torch.log(valid.clamp_min(1.0))
         return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
@@ -194,17 +198,18 @@ class CrossAttention(nn.Module):
     def values(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``(weights V W_V) W_O``: weights [B, h or 1, m, L], values [B (or 1), L, k] -> [B, m, k]."""
         k = values.shape[-1]
-        hw, m = weights.shape[1], weights.shape[2]
-        # A (S W_V,h^T) == (A S) W_V,h^T: average the raw tokens first and project the m averages per head,
-        # so the B x L x k sequence is never projected; batch-1 values broadcast against B weights. (Shapes are
-        # read with .shape, not unflatten/flatten, so that a trace for ONNX keeps the batch axes dynamic.)
+        h, hw, m = self.heads, weights.shape[1], weights.shape[2]
+        # A (S W_V,h^T) W_O,h^T == (A S) N_h with N_h = (W_O,h W_V,h)^T [k, k]: the raw tokens are averaged first
+        # and only the m averages are projected, so the B x L x k sequence never is; batch-1 values broadcast
+        # against B weights. Rows (query, head) so that the heads' averages sit side by side for one product.
+        w_v, w_o = self.w_v.weight.view(h, self.head_dim, k), self.w_o.weight.view(k, h, self.head_dim)
+        v_map = (w_o.transpose(0, 1) @ w_v).transpose(1, 2)  # [h, k, k]: N_h
         # contiguous: weights expanded over the queries (stride 0) send bmm down a slow per-sample loop
-        pooled = pool_over(weights.reshape(weights.shape[0], hw * m, weights.shape[3]).contiguous(), values)
-        pooled = pooled.view(pooled.shape[0], hw, m, k)
-        w_v = self.w_v.weight.view(self.heads, self.head_dim, k).transpose(1, 2)  # [h, k, k_h]
-        out = (pooled @ w_v).transpose(1, 2)  # [B, m, h, k_h]; weights shared by the heads (hw = 1) broadcast
-        out = out.reshape(out.shape[0], m, k)
-        return self.w_o(out)
+        rows = weights.transpose(1, 2).reshape(weights.shape[0], m * hw, weights.shape[3]).contiguous()
+        pooled = pool_over(rows, values)  # [B, m hw, k]
+        # one allocation for every head (hw = 1): its average serves each head (no branch: traces stay general)
+        pooled = pooled.view(pooled.shape[0], m, hw, k).expand(-1, -1, h, -1).reshape(pooled.shape[0], m, h * k)
+        return pooled @ v_map.reshape(h * k, k)
 
     def forward(
         self,
