@@ -48,6 +48,13 @@ class FieldEmbeddings(nn.Module):
         return out
 
 
+def _common_dtype(grad: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Under autocast the forward product ran in a lower precision than its saved inputs: the backward runs
+    in the inputs' common dtype (autograd casts each gradient back to its input's dtype)."""
+    dtype = torch.promote_types(a.dtype, s.dtype)
+    return grad.to(dtype).contiguous(), a.to(dtype), s.to(dtype)
+
+
 class _ScoresOver(torch.autograd.Function):
     """``a @ s^T``: a few rows a [B, J, k] scored against a long sequence s [B, L, k] -> [B, J, L].
 
@@ -63,7 +70,7 @@ class _ScoresOver(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         a, s = ctx.saved_tensors
-        grad = grad.contiguous()
+        grad, a, s = _common_dtype(grad, a, s)
         grad_a = (grad @ s).sum_to_size(a.shape) if ctx.needs_input_grad[0] else None
         grad_s = (grad.transpose(1, 2).contiguous() @ a).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
         return grad_a, grad_s
@@ -81,7 +88,7 @@ class _PoolOver(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         w, s = ctx.saved_tensors
-        grad = grad.contiguous()
+        grad, w, s = _common_dtype(grad, w, s)
         grad_w = (grad @ s.transpose(1, 2)).sum_to_size(w.shape) if ctx.needs_input_grad[0] else None
         grad_s = (w.transpose(1, 2).contiguous() @ grad).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
         return grad_w, grad_s
