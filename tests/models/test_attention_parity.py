@@ -161,6 +161,8 @@ DACDR_CASES = [
     ("DACDR", {"temperature": 0.3, "mass_feature": True}),
     ("DACDR w/o DA", {"mass_feature": True, "position_keys": True}),
     ("DACDR", {"heads": 4, "match_features": False}),
+    ("DACDR", {"match_counts": True, "domain_mass_feature": True}),
+    ("DACDR w/o IA", {"domain_mass_feature": True, "mass_feature": True}),
     ("DACDR", {"heads": 1}),
 ]
 
