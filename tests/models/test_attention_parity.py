@@ -162,6 +162,8 @@ DACDR_CASES = [
     ("DACDR w/o DA", {"mass_feature": True, "position_keys": True}),
     ("DACDR", {"heads": 4, "match_features": False}),
     ("DACDR", {"match_counts": True, "domain_mass_feature": True}),
+    ("DACDR", {"match_counts": False}),
+    ("DACDR w/o DA", {"count_weights": "uniform"}),
     ("DACDR w/o IA", {"domain_mass_feature": True, "mass_feature": True}),
     ("DACDR", {"heads": 1}),
 ]
