@@ -38,6 +38,7 @@ from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import generate
 from dacdr.evaluation import predict
 from dacdr.models import create_model
+from dacdr.models.attention_reference import TEXTBOOK_METHODS
 from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
@@ -53,33 +54,6 @@ def peak_rss_mb() -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _textbook_weights_and_mass(self, query, keys, mask, log_prior=None):
-    """CrossAttention before the weight absorption: the keys projected through W_K, [B, L, k] x [k, k]."""
-    b, m, _ = query.shape
-    kb, length = keys.shape[0], keys.shape[1]
-    q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
-    kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
-    logits = q @ kk.transpose(-1, -2) * self.scale
-    if log_prior is not None:
-        logits = logits + log_prior[:, None, None, :]
-    keep = mask[:, None, None, :]
-    logits = logits.masked_fill(~keep, _MASKED)
-    weights = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
-    valid = keep.to(logits.dtype).sum(-1)
-    log_mass = torch.logsumexp(logits, dim=-1)
-    if log_prior is None:
-        log_mass = log_mass - torch.log(valid.clamp_min(1.0))
-    return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
-
-
-def _textbook_values(self, weights, values):
-    """CrossAttention before the change: the values projected through W_V, then averaged."""
-    vb, length, k = values.shape
-    v = self.w_v(values).view(vb, length, self.heads, self.head_dim).transpose(1, 2)
-    out = weights.expand(-1, self.heads, -1, -1) @ v
-    return self.w_o(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], k))
 
 
 def _staged(stage: int):
@@ -132,8 +106,7 @@ def _staged(stage: int):
 
 
 def _textbook_methods():
-    return {"weights_and_mass": _textbook_weights_and_mass, "values": _textbook_values,
-            "weights": lambda self, q, k, m, p=None: _textbook_weights_and_mass(self, q, k, m, p)[0]}
+    return dict(TEXTBOOK_METHODS)
 
 
 @contextlib.contextmanager

@@ -14,38 +14,10 @@ import torch
 
 from dacdr.data.batches import BatchGatherer
 from dacdr.models import create_model
-from dacdr.models.layers import _MASKED, CrossAttention
+from dacdr.models.attention_reference import TEXTBOOK_METHODS
+from dacdr.models.layers import CrossAttention
 
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def ref_weights_and_mass(self, query, keys, mask, log_prior=None):
-    b, m, _ = query.shape
-    kb, length = keys.shape[0], keys.shape[1]
-    q = self.w_q(query).view(b, m, self.heads, self.head_dim).transpose(1, 2)
-    kk = self.w_k(keys).view(kb, length, self.heads, self.head_dim).transpose(1, 2)
-    logits = q @ kk.transpose(-1, -2) * self.scale
-    if log_prior is not None:
-        logits = logits + log_prior[:, None, None, :]
-    keep = mask[:, None, None, :]
-    logits = logits.masked_fill(~keep, _MASKED)
-    weights = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
-    valid = keep.to(logits.dtype).sum(-1)
-    log_mass = torch.logsumexp(logits, dim=-1)
-    if log_prior is None:
-        log_mass = log_mass - torch.log(valid.clamp_min(1.0))
-    return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
-
-
-def ref_weights(self, query, keys, mask, log_prior=None):
-    return ref_weights_and_mass(self, query, keys, mask, log_prior)[0]
-
-
-def ref_values(self, weights, values):
-    vb, length, k = values.shape
-    v = self.w_v(values).view(vb, length, self.heads, self.head_dim).transpose(1, 2)
-    out = weights.expand(-1, self.heads, -1, -1) @ v
-    return self.w_o(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], k))
 
 
 @pytest.fixture
@@ -53,9 +25,8 @@ def reference(monkeypatch):
     """Call it to switch CrossAttention to the textbook form for the rest of the test."""
 
     def use() -> None:
-        monkeypatch.setattr(CrossAttention, "weights_and_mass", ref_weights_and_mass)
-        monkeypatch.setattr(CrossAttention, "weights", ref_weights)
-        monkeypatch.setattr(CrossAttention, "values", ref_values)
+        for name, method in TEXTBOOK_METHODS.items():
+            monkeypatch.setattr(CrossAttention, name, method)
 
     return use
 
