@@ -165,9 +165,12 @@ class DACDR(RecModel):
 
         # Step 1 (DA): which behaviours matter for this domain.
         if self.use_da:
-            a_d, log_mass_d = self.domain_attention.weights_and_mass(e_d, keys, seq_mask)
+            if self.domain_mass_feature:
+                a_d, log_mass_d = self.domain_attention.weights_and_mass(e_d, keys, seq_mask)
+                out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
+            else:
+                a_d = self.domain_attention.weights(e_d, keys, seq_mask)  # the normaliser is not computed
             alpha = a_d.mean(dim=(1, 2))  # over heads and domain tokens: one distribution over positions
-            out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
         else:
             a_d, alpha = uniform.expand(-1, 1, e_d.shape[1], -1), uniform[:, 0, 0]
             out["log_mass_d"] = torch.zeros(alpha.shape[0], e_d.shape[1], dtype=s.dtype, device=s.device)
@@ -189,12 +192,13 @@ class DACDR(RecModel):
         if self.variant == "pool" and self.ablation == "drop":
             out["pooled"] = masked_mean(s, seq_mask)
 
+        a_mean = a_i.mean(1)  # [B, n, L]: step 2's allocation per candidate token
         if self.match_counts:
-            w = a_i.mean(1) if self.count_weights == "attention" else uniform[:, 0].expand(-1, e_i.shape[1], -1)
+            w = a_mean if self.count_weights == "attention" else uniform[:, 0].expand(-1, e_i.shape[1], -1)
             out["hits"] = field_hits(*emb.item_ids(seq, item), seq_mask, w)
 
         if self.match_on == "tokens":
-            out["offered"] = (a_i.mean(1) @ s).expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
+            out["offered"] = (a_mean @ s).expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
         elif "H_i" in out:
             out["offered"] = out["H_i"]
         else:  # "values" without an item-level output (ablation "drop"): the history as a whole
