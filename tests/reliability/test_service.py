@@ -180,6 +180,13 @@ def test_start_up_with_a_bad_package_is_one_line_and_exit_2(garbage_onnx):
     assert result.output.strip().count("\n") <= 1 or "error:" in result.output.splitlines()[0]
 
 
+def test_an_unknown_http_parser_is_one_line_and_exit_2(packages):
+    result = CliRunner().invoke(cli_app, ["serve", str(packages[0]), "--http", "spdy"], env={})
+    assert result.exit_code == 2, result.output
+    assert "--http must be 'auto', 'httptools' or 'h11', got 'spdy'" in result.output
+    assert "Traceback" not in result.output
+
+
 # ------------------------------------------------------------------------------------------ 7. slow clients
 
 

@@ -135,11 +135,11 @@ class ShardableModel(nn.Module):
         spec = self.spec
         s = sum(out[feature_name("seq", f)].values() for f in spec.sequence_fields)
         # Back to the dense [B, L, k] layout: zeros at masked positions, as the padding row gives in plain mode.
-        seq = torch.zeros(*seq_mask.shape, self.dim, dtype=s.dtype, device=s.device)
-        seq = seq.index_put(torch.nonzero(seq_mask, as_tuple=True), s)
+        where = torch.nonzero(seq_mask, as_tuple=True)
+        seq = torch.zeros(*seq_mask.shape, self.dim, dtype=s.dtype, device=s.device).index_put(where, s)
         item = torch.stack([out[feature_name("item", f)].values() for f in spec.item_fields], dim=1)
         domain = torch.stack([out[feature_name("domain", f)].values() for f in spec.domain_fields], dim=1)
-        where = torch.nonzero(seq_mask, as_tuple=True)
+        # the item fields' ids too, for models that compare them (DACDR's count features): same layout as `seq`
         seq_ids = torch.zeros(*seq_mask.shape, len(spec.item_fields), dtype=torch.long, device=s.device)
         for j, f in enumerate(spec.item_fields):  # the item fields lead the sequence fields (samples.py)
             seq_ids[..., j] = seq_ids[..., j].index_put(where, features[feature_name("seq", f)].values())
