@@ -26,7 +26,9 @@ from rich.console import Console
 
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dacdr.data.prepare import prepare
-from dacdr.data.synthetic import generate, get_preset
+from dacdr.data.synthetic import focus_categories, generate, get_preset
+from dacdr.models.dacdr import DACDR
+from dacdr.models.registry import register
 from dacdr.recipes.bench import bench_settings
 from dacdr.recipes.demo import DEMO_SOURCE_SAMPLE_RATE, demo_settings
 from dacdr.recipes.train import train_run
@@ -50,6 +52,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "w/o IA": ("DACDR w/o IA", V02),
     "pool": ("DACDR w/o DA&IA", V02),
     "DNN-multi": ("DNN-multi", {}),
+    # study-only probe (mechanism worlds): step 1 replaced by the world's truth, the uniform allocation over the
+    # behaviours in the target's focus categories; the architecture's ceiling for a perfect domain-level step
+    "ofocus": ("DACDR oracle-focus", V02),
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "id": {"value_init": "identity"},
@@ -62,7 +67,40 @@ LEVERS: dict[str, dict[str, Any]] = {
     "drop0.2": {"dropout": 0.2},
     "values": {"match_on": "values"},
     "drop": {"ablation": "drop"},
+    "T0.25": {"temperature": 0.25},
+    "T0.1": {"temperature": 0.1},
+    "cos": {"attention_score": "cosine"},
+    "floor": {"prior_floor": True},
 }
+
+
+@register("DACDR oracle-focus", family="study", order=999)
+class OracleFocusDACDR(DACDR):
+    """Study probe: DACDR whose step 1 is the world's truth (see `ofocus`); never a user-facing model."""
+
+    def __init__(self, spec: Any, oracle_focus: dict[str, list[int]] | None = None, focus_field: int = 1,
+                 n_categories: int = 1, **params: Any):
+        super().__init__(spec, **params)
+        self.params |= {"oracle_focus": oracle_focus, "focus_field": focus_field, "n_categories": n_categories}
+        table = torch.zeros(max(int(k) for k in oracle_focus) + 1, n_categories, dtype=torch.bool)
+        for dom, cats in oracle_focus.items():
+            table[int(dom), cats] = True
+        self.register_buffer("focus_table", table, persistent=False)
+        self.focus_field = focus_field
+
+    def attend(self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor,
+               domain: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = domain.shape[0]
+        rows = self.focus_table[domain[:, 0].clamp_max(self.focus_table.shape[0] - 1)]  # [B, C]
+        rel = torch.gather(rows, 1, seq[..., self.focus_field].expand(b, -1)) & seq_mask.expand(b, -1)
+        rel = torch.where(rel.any(1, keepdim=True), rel, seq_mask.expand(b, -1))  # none in focus: uniform
+        w = rel.float() / rel.float().sum(1, keepdim=True).clamp_min(1.0)
+        att = self.domain_attention
+        att.weights = lambda q, *a, **k: w[:, None, None, :].expand(-1, att.heads, q.shape[1], -1)
+        try:
+            return super().attend(seq, seq_mask, item, domain)
+        finally:
+            del att.weights
 
 
 def variant(label: str) -> tuple[str, dict[str, Any]]:
@@ -121,6 +159,12 @@ def run(args: argparse.Namespace) -> None:
                 continue
             name, params = variant(label)
             params.setdefault("dim", dim)
+            if name == "DACDR oracle-focus":
+                cats = prepared.vocabs["category"]
+                params |= {"focus_field": prepared.spec.sequence_fields.index("category"),
+                           "n_categories": len(cats),
+                           "oracle_focus": {str(prepared.vocabs["domain"].lookup(d)): [cats.lookup(c) for c in cs]
+                                            for d, cs in focus_categories(path).items()}}
             cfg = RunConfig(data=data_cfg, model=ModelConfig(name=name, params=params),
                             train=train.model_copy(update={"seed": seed, "num_threads": args.threads}))
             run_dir = Path(args.runs) / label_world / f"{label.replace('/', '').replace(' ', '_')}-seed{seed}"

@@ -313,3 +313,47 @@ def test_uniform_count_weights_give_every_variant_the_same_counts(handmade_prepa
             for name in DACDR_VARIANTS]
     for h in hits[1:]:
         torch.testing.assert_close(h, hits[0])
+
+
+def test_cosine_scores_are_the_scaled_cosine_and_ignore_the_keys_length():
+    """`score="cosine"`: logits = g_h cos(q W_Q,h, k W_K,h)... taken in token space: g_h cos(query M_h, key), g_h
+    learnt (starts at `cosine_scale`); scaling a key does not change its weight."""
+    torch.manual_seed(0)
+    att = CrossAttention(8, heads=2, score="cosine", cosine_scale=5.0)
+    q, kv = torch.randn(3, 2, 8), torch.randn(3, 6, 8)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    w = att.weights(q, kv, mask)
+    wq, wk = att.w_q.weight.view(2, 4, 8), att.w_k.weight.view(2, 4, 8)
+    u = torch.einsum("bmk,hdk,hdj->bhmj", q, wq, wk)  # the query's map into token space, per head
+    cos = torch.einsum("bhmj,blj->bhml", u / u.norm(dim=-1, keepdim=True), kv / kv.norm(dim=-1, keepdim=True))
+    ref = torch.softmax((5.0 * cos).masked_fill(~mask[:, None, None, :], float("-inf")), -1)
+    torch.testing.assert_close(w, ref, atol=1e-6, rtol=1e-5)
+    scaled = kv * torch.tensor([1.0, 3.0, 0.2, 1.0, 7.0, 1.0])[None, :, None]
+    torch.testing.assert_close(att.weights(q, scaled, mask), w, atol=1e-6, rtol=1e-5)
+    att.weights(q, kv, mask)[..., 0].sum().backward()
+    assert att.log_scale.grad is not None and att.log_scale.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="score"):
+        CrossAttention(8, heads=2, score="euclid")
+
+
+def test_prior_floor_lets_step_two_see_behaviours_step_one_leaves_out(handmade_prepared, batch):
+    """With `prior_floor` step 2's prior is (1 - m) alpha + m / n: where step 1 gives (almost) nothing, step 2's
+    weight stays at least m / n of what a uniform prior would allow; without it the prior is alpha itself."""
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, heads=1, prior_floor=True).eval()
+    assert model.prior_logit is not None
+    assert float(torch.sigmoid(model.prior_logit.detach())) == pytest.approx(0.1192, abs=1e-3)
+    with torch.no_grad():
+        model.domain_attention.w_q.weight.mul_(1e4)  # a very sharp step 1
+        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+        model.prior_logit.fill_(-30.0)  # the floor off: the prior is alpha
+        plain = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    mask = batch["seq_mask"]
+    starved = (plain["alpha"] < 1e-6) & mask  # a very sharp step 1 leaves these out
+    assert starved.any()
+    a_floor, a_plain = parts["A_i"][:, 0, 0], plain["A_i"][:, 0, 0]
+    assert (a_plain[starved] < 1e-4).all()
+    assert a_floor[starved].mean() > 100 * a_plain[starved].mean()
+    for name in ("DACDR w/o DA", "DACDR w/o IA", "DACDR w/o DA&IA"):  # nothing to mix without both steps
+        assert create_model(name, handmade_prepared.spec, prior_floor=True).prior_logit is None

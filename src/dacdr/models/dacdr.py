@@ -52,7 +52,9 @@ class DACDR(RecModel):
     steps; ``temperature`` < 1 sharpens both steps' softmax; ``match_counts`` gives the predictor, per candidate field,
     the step-2-weighted share (and log count) of the behaviours with the candidate's item, category, brand
     (``count_weights="uniform"``: the plain share and count, the same for every variant);
-    ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high).
+    ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high);
+    ``attention_score="cosine"`` scores by the cosine of query map and token times a learnt per-head scale;
+    ``prior_floor`` mixes step 2's prior with the uniform allocation by a learnt share.
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -80,6 +82,9 @@ class DACDR(RecModel):
         match_counts: bool = True,
         count_weights: Literal["attention", "uniform"] = "attention",
         domain_mass_feature: bool = False,
+        attention_score: Literal["dot", "cosine"] = "dot",
+        cosine_scale: float = 10.0,
+        prior_floor: bool = False,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
@@ -87,6 +92,7 @@ class DACDR(RecModel):
             match_features=match_features, match_on=match_on, ablation=ablation, value_init=value_init,
             position_keys=position_keys, temperature=temperature, mass_feature=mass_feature,
             match_counts=match_counts, count_weights=count_weights, domain_mass_feature=domain_mass_feature,
+            attention_score=attention_score, cosine_scale=cosine_scale, prior_floor=prior_floor,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -102,9 +108,13 @@ class DACDR(RecModel):
         # With ablation "uniform" an ablated step keeps its value path (scores=False); with "drop" it is gone.
         keep_da = self.use_da or ablation == "uniform"
         keep_ia = self.use_ia or ablation == "uniform"
-        att = {"temperature": temperature, "value_init": value_init}
+        att = {"temperature": temperature, "value_init": value_init, "score": attention_score,
+               "cosine_scale": cosine_scale}
         self.domain_attention = CrossAttention(dim, heads, scores=self.use_da, **att) if keep_da else None
         self.item_attention = CrossAttention(dim, heads, scores=self.use_ia, **att) if keep_ia else None
+        # (lever, docs/models.md) step 2's prior is step 1's allocation mixed with the uniform one by a learnt
+        # share (sigmoid, starts at 0.12): a sharp step 1 then no longer hides the rest of the history from step 2
+        self.prior_logit = nn.Parameter(torch.tensor(-2.0)) if prior_floor and self.use_da and self.use_ia else None
         self.positions = nn.Embedding(spec.max_len, dim) if position_keys else None
         if self.positions is not None:
             nn.init.normal_(self.positions.weight, std=0.05)
@@ -180,7 +190,11 @@ class DACDR(RecModel):
 
         # Step 2 (IA): which of those matter for this candidate, inside step 1's allocation.
         if self.use_ia:
-            log_prior = torch.log(alpha.clamp_min(1e-12)) if self.use_da else None
+            prior = alpha
+            if self.prior_logit is not None:
+                mix = torch.sigmoid(self.prior_logit)
+                prior = (1 - mix) * alpha + mix * uniform[:, 0, 0]
+            log_prior = torch.log(prior.clamp_min(1e-12)) if self.use_da else None
             a_i, log_mass = self.item_attention.weights_and_mass(e_i, keys, seq_mask, log_prior)
             out["log_mass"] = log_mass.mean(1)  # [B, n]
         else:

@@ -116,11 +116,20 @@ class CrossAttention(nn.Module):
     masked returns zeros and zero weights, never NaN. With ``scores=False`` the module has only its value path
     (``W_V``, ``W_O``) and is given its weights (an ablation that replaces a learnt allocation by a fixed one).
     ``value_init="identity"`` starts ``W_V`` and ``W_O`` at the identity, so that the output starts as the
-    attention-weighted mean of the keys themselves instead of a random rotation of it.
+    attention-weighted mean of the keys themselves instead of a random rotation of it. ``score="cosine"`` scores
+    a key by the cosine between the query's map and the key, times a learnt per-head scale (initialised at
+    ``cosine_scale``; query-key normalisation): the scores' size no longer grows only with the embeddings'.
     """
 
     def __init__(
-        self, dim: int, heads: int = 2, scores: bool = True, temperature: float = 1.0, value_init: str = "random"
+        self,
+        dim: int,
+        heads: int = 2,
+        scores: bool = True,
+        temperature: float = 1.0,
+        value_init: str = "random",
+        score: str = "dot",
+        cosine_scale: float = 10.0,
     ):
         super().__init__()
         if dim % heads:
@@ -133,6 +142,12 @@ class CrossAttention(nn.Module):
         self.w_k = nn.Linear(dim, dim, bias=False) if scores else None
         self.w_v = nn.Linear(dim, dim, bias=False)
         self.w_o = nn.Linear(dim, dim, bias=False)
+        if score not in ("dot", "cosine"):
+            raise ValueError(f"unknown attention score {score!r}: expected 'dot' or 'cosine'")
+        if score == "cosine" and scores:
+            self.log_scale = nn.Parameter(torch.full((heads,), math.log(cosine_scale)))
+        else:
+            self.register_parameter("log_scale", None)
         if value_init == "identity":
             nn.init.eye_(self.w_v.weight)
             nn.init.eye_(self.w_o.weight)
@@ -180,7 +195,12 @@ class CrossAttention(nn.Module):
         w_q, w_k = self.w_q.weight.view(h, self.head_dim, k), self.w_k.weight.view(h, self.head_dim, k)
         q_map = (w_q.transpose(1, 2) @ w_k * self.scale).transpose(0, 1).reshape(k, h * k)  # [k, h k]
         qk = (query @ q_map).view(b, m * h, k)  # rows (query, head)
+        if self.log_scale is not None:  # cosine: unit query maps (times the head's scale) against unit keys
+            gain = self.log_scale.exp().repeat(m)[:, None]  # rows (query, head): head fastest
+            qk = qk * (gain / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         logits = scores_over(qk, keys)  # [B, m h, L]; keys of batch 1 broadcast
+        if self.log_scale is not None:
+            logits = logits / keys.norm(dim=-1).clamp_min(1e-6)[:, None, :]
         logits = logits.view(logits.shape[0], m, h, logits.shape[2]).transpose(1, 2)  # [B, h, m, L] (a view)
         # masked keys get -1e9 added (a masked_fill costs a pass more, forward and backward); the prior rides along
         bias = torch.zeros_like(mask, dtype=logits.dtype).masked_fill(~mask, _MASKED)
