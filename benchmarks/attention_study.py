@@ -39,8 +39,8 @@ from dacdr.training.checkpoint import load_model
 
 V01 = {"match_on": "values", "ablation": "drop"}  # dacdr 0.1's DACDR and ablations
 # dacdr 0.2's defaults, pinned so that a label keeps its meaning when the registry's defaults move (0.3 turned
-# on the count features and step 1's mass: `DACDR+hits+dmass` is 0.3's DACDR)
-V02 = {"match_counts": False, "domain_mass_feature": False}
+# on the count features: `DACDR+hits` is 0.3's DACDR; 0.4 the sharper steps: `DACDR+hits+T0.25+floor`)
+V02 = {"match_counts": False, "domain_mass_feature": False, "temperature": 1.0, "prior_floor": False}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "paper": ("DACDR (paper)", {}),
     "v0.1 DACDR": ("DACDR", V01 | V02),
@@ -71,6 +71,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "T0.1": {"temperature": 0.1},
     "cos": {"attention_score": "cosine"},
     "floor": {"prior_floor": True},
+    "bonus": {"match_bonus": True},
+    "bonus2": {"match_bonus": True, "match_bonus_init": 2.0},
 }
 
 

@@ -66,7 +66,9 @@ def test_ablations_differ_only_in_the_attention_weights(handmade_prepared):
     spec = handmade_prepared.spec
     models = {v: create_model(n, spec) for v, n in zip(("full", "no_da", "no_ia", "pool"), DACDR_VARIANTS,
                                                        strict=True)}
-    shapes = {v: {k: tuple(p.shape) for k, p in m.named_parameters() if ".w_q." not in k and ".w_k." not in k}
+    # the scoring parameters: the steps' query / key maps, and the floor of step 2's prior (only with both steps)
+    shapes = {v: {k: tuple(p.shape) for k, p in m.named_parameters()
+                  if ".w_q." not in k and ".w_k." not in k and k != "prior_logit"}
               for v, m in models.items()}
     assert shapes["full"] == shapes["no_da"] == shapes["no_ia"] == shapes["pool"]
     scoring = {v: {k for k, _ in m.named_parameters() if ".w_q." in k or ".w_k." in k} for v, m in models.items()}
@@ -135,7 +137,7 @@ def test_position_keys_make_recency_matter(handmade_prepared, batch):
 
 def test_temperature_sharpens_the_weights(handmade_prepared, batch):
     torch.manual_seed(0)
-    warm = create_model("DACDR", handmade_prepared.spec)
+    warm = create_model("DACDR", handmade_prepared.spec, temperature=1.0)
     torch.manual_seed(0)
     sharp = create_model("DACDR", handmade_prepared.spec, temperature=0.25)
     with torch.no_grad():
@@ -147,34 +149,41 @@ def test_temperature_sharpens_the_weights(handmade_prepared, batch):
         create_model("DACDR", handmade_prepared.spec, temperature=0.0)
 
 
-@pytest.mark.parametrize("version", ["0.1", "0.2"])
+@pytest.mark.parametrize("version", ["0.1", "0.2", "0.3"])
 def test_old_descriptions_rebuild_the_old_model(version, handmade_prepared, tmp_path):
     """A checkpoint written before a default moved loads as the model it was trained as: 0.1 had no `match_on`
-    (values match, dropped steps), 0.2 no `match_counts` (no count features)."""
+    (values match, dropped steps), 0.2 no `match_counts` (no count features), 0.3 no `prior_floor` (step 2's
+    prior is alpha; temperature 1, which 0.2 and 0.3 wrote down and 0.1 did not)."""
     import json
 
     from dacdr.training.checkpoint import load_model, save_model
 
     torch.manual_seed(0)
     params = {"match_on": "values", "ablation": "drop"} if version == "0.1" else {}
-    old = create_model("DACDR w/o IA", handmade_prepared.spec, match_counts=False, **params)
-    save_model(old, "DACDR w/o IA", tmp_path)
+    old = create_model("DACDR", handmade_prepared.spec, match_counts=version == "0.3", temperature=1.0,
+                       prior_floor=False, **params)
+    save_model(old, "DACDR", tmp_path)
     desc = json.loads((tmp_path / "model.json").read_text())
-    newer = ["match_counts", "domain_mass_feature"]
+    newer = ["prior_floor", "attention_score", "cosine_scale"]
+    newer += ["match_counts", "domain_mass_feature", "count_weights"] if version in ("0.1", "0.2") else []
     newer += ["match_on", "ablation", "value_init", "position_keys", "temperature", "mass_feature"] if version == "0.1" else []
     for key in newer:
         desc["params"].pop(key)
     (tmp_path / "model.json").write_text(json.dumps(desc))
     loaded, _ = load_model(tmp_path)
-    assert not loaded.match_counts
+    assert loaded.match_counts == (version == "0.3")
     assert (loaded.match_on, loaded.ablation) == (("values", "drop") if version == "0.1" else ("tokens", "uniform"))
+    assert loaded.prior_logit is None
+    assert loaded.domain_attention.scale == pytest.approx(1 / math.sqrt(loaded.domain_attention.head_dim))
 
 
-def test_two_step_prior(handmade_prepared, batch):
-    """alpha is a distribution over the valid positions, and the item-level weights equal
-    alpha * exp(score) renormalised, i.e. step 2 refines inside step 1's allocation."""
+@pytest.mark.parametrize("floor", [False, True])
+def test_two_step_prior(floor, handmade_prepared, batch):
+    """alpha is a distribution over the valid positions, and the item-level weights equal prior * exp(score)
+    renormalised, with prior = alpha (the paper) or, with the floor (0.4's default), (1 - m) alpha + m / n: step 2
+    refines inside step 1's allocation."""
     torch.manual_seed(0)
-    model = create_model("DACDR", handmade_prepared.spec, heads=1).eval()
+    model = create_model("DACDR", handmade_prepared.spec, heads=1, prior_floor=floor).eval()
     with torch.no_grad():
         parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
     mask = batch["seq_mask"]
@@ -182,12 +191,16 @@ def test_two_step_prior(handmade_prepared, batch):
     alpha = parts["alpha"]
     torch.testing.assert_close(alpha[has].sum(1), torch.ones(int(has.sum())))
     assert (alpha[~mask] == 0).all()
+    prior = alpha
+    if floor:
+        m = torch.sigmoid(model.prior_logit.detach())
+        prior = (1 - m) * alpha + m * mask.float() / mask.float().sum(1, keepdim=True).clamp_min(1)
     # recompute step 2 without the prior and apply it by hand
     att = model.item_attention
     s, e_i = parts["seq"], parts["E_i"]
     q, k = att.w_q(e_i), att.w_k(s)
-    logits = (q @ k.transpose(1, 2)) / math.sqrt(att.head_dim)
-    unnorm = alpha.unsqueeze(1) * torch.exp(logits - logits.max(-1, keepdim=True).values) * mask.unsqueeze(1)
+    logits = (q @ k.transpose(1, 2)) * att.scale
+    unnorm = prior.unsqueeze(1) * torch.exp(logits - logits.max(-1, keepdim=True).values) * mask.unsqueeze(1)
     expected = unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
     torch.testing.assert_close(parts["A_i"][:, 0][has], expected[has], atol=1e-5, rtol=1e-4)
 

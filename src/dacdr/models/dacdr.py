@@ -54,7 +54,8 @@ class DACDR(RecModel):
     (``count_weights="uniform"``: the plain share and count, the same for every variant);
     ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high);
     ``attention_score="cosine"`` scores by the cosine of query map and token times a learnt per-head scale;
-    ``prior_floor`` mixes step 2's prior with the uniform allocation by a learnt share.
+    ``prior_floor`` mixes step 2's prior with the uniform allocation by a learnt share; ``match_bonus`` adds a
+    learnt per-field bonus to step 2's logits for behaviours that share the candidate's item / category / brand.
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -77,14 +78,16 @@ class DACDR(RecModel):
         ablation: Ablation = "uniform",
         value_init: Literal["random", "identity"] = "random",
         position_keys: bool = False,
-        temperature: float = 1.0,
+        temperature: float = 0.25,
         mass_feature: bool = False,
         match_counts: bool = True,
         count_weights: Literal["attention", "uniform"] = "attention",
         domain_mass_feature: bool = False,
         attention_score: Literal["dot", "cosine"] = "dot",
         cosine_scale: float = 10.0,
-        prior_floor: bool = False,
+        prior_floor: bool = True,
+        match_bonus: bool = False,
+        match_bonus_init: float = 0.0,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
@@ -93,6 +96,7 @@ class DACDR(RecModel):
             position_keys=position_keys, temperature=temperature, mass_feature=mass_feature,
             match_counts=match_counts, count_weights=count_weights, domain_mass_feature=domain_mass_feature,
             attention_score=attention_score, cosine_scale=cosine_scale, prior_floor=prior_floor,
+            match_bonus=match_bonus, match_bonus_init=match_bonus_init,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -115,6 +119,11 @@ class DACDR(RecModel):
         # (lever, docs/models.md) step 2's prior is step 1's allocation mixed with the uniform one by a learnt
         # share (sigmoid, starts at 0.12): a sharp step 1 then no longer hides the rest of the history from step 2
         self.prior_logit = nn.Parameter(torch.tensor(-2.0)) if prior_floor and self.use_da and self.use_ia else None
+        # (lever, docs/models.md) step 2's logits gain a learnt bonus per candidate field for each behaviour that
+        # shares the candidate's value (its item, category, brand): an exact-match key, as DIN's activation unit
+        # sees the candidate beside each behaviour; starts at `match_bonus_init` (0: the model without it)
+        self.match_bonus = (nn.Parameter(torch.full((n,), float(match_bonus_init)))
+                            if match_bonus and self.use_ia else None)
         self.positions = nn.Embedding(spec.max_len, dim) if position_keys else None
         if self.positions is not None:
             nn.init.normal_(self.positions.weight, std=0.05)
@@ -147,11 +156,14 @@ class DACDR(RecModel):
     @classmethod
     def legacy_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """A description written before a default moved describes the model it was trained as: no `match_on`
-        (dacdr 0.1) = values match and dropped steps; no `match_counts` (before 0.3) = no count features."""
+        (dacdr 0.1) = values match and dropped steps; no `match_counts` (before 0.3) = no count features; no
+        `prior_floor` (before 0.4) = step 2's prior is alpha itself, and softmax temperature 1."""
         if "match_on" not in params:
             params = params | {"match_on": "values", "ablation": "drop"}
         if "match_counts" not in params:
             params = params | {"match_counts": False}
+        if "prior_floor" not in params:
+            params = {"temperature": 1.0} | params | {"prior_floor": False}
         return params
 
     def output_layer(self) -> nn.Linear:
@@ -195,6 +207,9 @@ class DACDR(RecModel):
                 mix = torch.sigmoid(self.prior_logit)
                 prior = (1 - mix) * alpha + mix * uniform[:, 0, 0]
             log_prior = torch.log(prior.clamp_min(1e-12)) if self.use_da else None
+            if self.match_bonus is not None:
+                bonus = (self.match_bonus[None, :, None] * field_hit_matrix(*emb.item_ids(seq, item), seq_mask)).sum(1)
+                log_prior = bonus if log_prior is None else log_prior + bonus
             a_i, log_mass = self.item_attention.weights_and_mass(e_i, keys, seq_mask, log_prior)
             out["log_mass"] = log_mass.mean(1)  # [B, n]
         else:
@@ -246,6 +261,13 @@ class DACDR(RecModel):
         return self.predictor(torch.cat(pred_in, dim=1)).squeeze(1)
 
 
+def field_hit_matrix(seq: torch.Tensor, item: torch.Tensor, seq_mask: torch.Tensor) -> torch.Tensor:
+    """[B, n, L] float: 1 where behaviour l has candidate field f's value (padding and out-of-vocabulary never)."""
+    n = item.shape[1]
+    hit = (seq[..., :n].transpose(1, 2) == item[:, :, None]) & (item[:, :, None] > OOV) & seq_mask[:, None, :]
+    return hit.to(torch.get_default_dtype())
+
+
 def field_hits(seq: torch.Tensor, item: torch.Tensor, seq_mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """How much of the history shares each candidate field's value: [B, 2n] = per field, the weighted share
     ``sum_l w_l [s_lf == c_f]`` and ``log(1 + share * valid behaviours)`` (with uniform weights, the count).
@@ -253,8 +275,7 @@ def field_hits(seq: torch.Tensor, item: torch.Tensor, seq_mask: torch.Tensor, we
     seq [B or 1, L, F] ids whose first n fields are the item fields, item [B, n] ids, weights [B or 1, n, L]
     (step 2's allocation per candidate token). Padding and out-of-vocabulary ids never match.
     """
-    n = item.shape[1]
-    hit = (seq[..., :n].transpose(1, 2) == item[:, :, None]) & (item[:, :, None] > OOV) & seq_mask[:, None, :]
+    hit = field_hit_matrix(seq, item, seq_mask)
     share = (weights * hit.to(weights.dtype)).sum(-1)  # [B, n]
     valid = seq_mask.to(weights.dtype).sum(-1, keepdim=True)  # [B or 1, 1]
     return torch.cat([share, torch.log1p(share * valid)], dim=1)
@@ -266,4 +287,4 @@ register("DACDR w/o DA&IA", DACDR, family="dacdr", order=170, tags=("ablation",)
          variant="pool")
 # MODEL.md verbatim: no match feature (the predictor sees [u_t; vec(E_i)]), ablations as the paper reads them.
 register("DACDR (paper)", DACDR, family="dacdr", order=130, variant="full", match_features=False, ablation="drop",
-         match_on="values", match_counts=False)
+         match_on="values", match_counts=False, temperature=1.0, prior_floor=False)
