@@ -113,6 +113,11 @@ class TrainConfig(StrictModel):
         None, description="which domains' samples to train on; default: the model's own choice"
     )
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch (quick runs)")
+    checkpoint_every: int = Field(
+        1, gt=0, description="write resume/ and history.json every N epochs of a phase and after its last one (an "
+        "interrupted run then replays up to N-1 epochs, exactly); each write syncs to disk, which is a large "
+        "share of an epoch that takes a fraction of a second"
+    )
     progress: bool = Field(True, description="show a Rich progress bar")
     num_workers: int = Field(0, ge=0, description="streaming: data-loader worker processes per rank")
     find_unused_parameters: bool = Field(

@@ -99,6 +99,56 @@ def test_resume_after_interruption_replays_exactly(handmade_prepared, tmp_path, 
         torch.testing.assert_close(a, b, msg=k)
 
 
+@pytest.mark.parametrize("crash_at", [3, 4])
+def test_checkpoint_every_n_epochs_still_resumes_exactly(handmade_prepared, tmp_path, monkeypatch, crash_at):
+    """`checkpoint_every=2` over 4 epochs writes resume/ after epochs 2 and 4 (and at the end); a run cut in
+    epoch 3 or 4 replays from epoch 2 to the same weights as an uninterrupted one."""
+    import dacdr.training.trainer as trainer_module
+
+    full = _trainer(handmade_prepared, tmp_path / "full", epochs=4, patience=10, checkpoint_every=2)
+    saves = []
+    real_save = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda d, m, n, o, state: saves.append(state["epoch"]) or real_save(d, m, n, o, state))
+    full.fit()
+    assert saves == [2, 4, 0]  # the last: the finished run (state reset after the phase)
+    assert len(json.loads((tmp_path / "full" / "history.json").read_text())) == 4
+
+    cut = _trainer(handmade_prepared, tmp_path / "cut", epochs=4, patience=10, checkpoint_every=2)
+    real_epoch = Trainer._train_epoch
+    calls = {"n": 0}
+
+    def crash(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt
+        return real_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
+    resumed = _trainer(handmade_prepared, tmp_path / "cut", epochs=4, patience=10, checkpoint_every=2)
+    assert [h["epoch"] for h in resumed.fit()] == [1, 2, 3, 4]
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_checkpoint_every_writes_after_an_early_stop(handmade_prepared, tmp_path, monkeypatch):
+    """An early stop between two `checkpoint_every` marks still writes resume/: the phase is finished there."""
+    import dacdr.training.trainer as trainer_module
+
+    trainer = _trainer(handmade_prepared, tmp_path, epochs=10, patience=0, checkpoint_every=100)
+    saves = []
+    real_save = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda d, m, n, o, state: saves.append(state["epoch"]) or real_save(d, m, n, o, state))
+    scores = iter([0.6, 0.7, 0.5, 0.4])  # AUC: better, then worse -> stop after epoch 3 (patience 0)
+    monkeypatch.setattr(Trainer, "validation_score", lambda self: (s := next(scores), {"auc": s}))
+    history = trainer.fit()
+    assert len(history) == 3 and saves == [3, 0]
+
+
 def test_corrupt_or_missing_checkpoint_fails_clearly(handmade_prepared, tmp_path):
     _trainer(handmade_prepared, tmp_path, epochs=1).fit()
     weights = tmp_path / "model.safetensors"

@@ -102,20 +102,24 @@ class BatchGatherer:
         for key in ("user", "domain", "item", "label", "seq_start", "seq_end"):
             setattr(self, key, torch.from_numpy(samples[key]))
 
-    def gather(self, idx: torch.Tensor | np.ndarray) -> Batch:
+    def gather(self, idx: torch.Tensor | np.ndarray, max_len: int | None = None) -> Batch:
+        """The batch of rows `idx`; `max_len` overrides the history length (0: `seq` [B, 0, F], for a forward
+        that reads no history)."""
         # numpy views of the tensors (zero-copy): `assemble` works on arrays
         idx, a = np.asarray(idx, dtype=np.int64), np.asarray
         return as_batch(assemble(
-            a(self.event_tokens), a(self.seq_start)[idx], a(self.seq_end)[idx], self.max_len,
+            a(self.event_tokens), a(self.seq_start)[idx], a(self.seq_end)[idx],
+            self.max_len if max_len is None else max_len,
             item=a(self.item_table)[a(self.item)[idx]], domain=a(self.domain_table)[a(self.domain)[idx]],
             label=a(self.label)[idx], user=a(self.user)[idx],
         ))
 
     def iterate(
-        self, indices: np.ndarray, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self, indices: np.ndarray, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+        max_len: int | None = None,
     ) -> Iterator[Batch]:
         idx = torch.as_tensor(indices, dtype=torch.long)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator)]
         for i in range(0, len(idx), batch_size):
-            yield self.gather(idx[i : i + batch_size])
+            yield self.gather(idx[i : i + batch_size], max_len)

@@ -27,10 +27,12 @@ class TrainingSet(Protocol):
     def __len__(self) -> int: ...
 
     def epoch(
-        self, batch_size: int, generator: torch.Generator, ctx: DistContext, num_workers: int = 0
+        self, batch_size: int, generator: torch.Generator, ctx: DistContext, num_workers: int = 0,
+        history: bool = True,
     ) -> tuple[int, Iterator[Batch]]:
         """(steps, batches) of this rank for one epoch, shuffled by `generator`; the same number of steps on
-        every rank (collectives need it)."""
+        every rank (collectives need it). `history=False`: the caller reads no source history, so the batches
+        may leave it out (`seq` [B, 0, F])."""
         ...
 
 

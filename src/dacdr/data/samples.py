@@ -43,14 +43,18 @@ class IndexedSet:
         return len(self.indices)
 
     def epoch(
-        self, batch_size: int, generator: torch.Generator, ctx: DistContext, num_workers: int = 0
+        self, batch_size: int, generator: torch.Generator, ctx: DistContext, num_workers: int = 0,
+        history: bool = True,
     ) -> tuple[int, Iterator[Batch]]:
         """(steps, batches) of this rank for one epoch: one shuffle for all ranks (the same generator), then
-        an equal contiguous part each, so every rank takes the same number of steps (DDP needs it)."""
+        an equal contiguous part each, so every rank takes the same number of steps (DDP needs it).
+        `history=False`: the batches carry no source history (`seq` [B, 0, F]; gathering it is most of a small
+        model's batch cost)."""
         idx = self.indices[torch.randperm(len(self.indices), generator=generator).numpy()]
         per_rank = len(idx) // ctx.world
         idx = idx[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
-        return math.ceil(len(idx) / batch_size), self.gatherer.iterate(idx, batch_size)
+        return math.ceil(len(idx) / batch_size), self.gatherer.iterate(idx, batch_size,
+                                                                       max_len=None if history else 0)
 
 
 @dataclass

@@ -290,8 +290,10 @@ class ShardSet:
         return self.data.n_train(self.train_on)
 
     def epoch(
-        self, batch_size: int, generator: torch.Generator, ctx: DistContext, num_workers: int = 0
+        self, batch_size: int, generator: torch.Generator, ctx: DistContext, num_workers: int = 0,
+        history: bool = True,
     ) -> tuple[int, Iterator[Batch]]:
+        # `history=False` is a saving, not a contract: streamed batches keep their histories.
         return self.data.train_batches(self.train_on, batch_size, generator.initial_seed(), ctx, num_workers)
 
 

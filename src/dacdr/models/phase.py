@@ -37,3 +37,7 @@ class Phase:
     """replaces the task loss (BCE / MSE on labels), e.g. the MSE between mapped and target embeddings"""
     lr: float | None = None
     """learning rate of this phase; None: the config's"""
+    batch_size: int | None = None
+    """training batch size of this phase; None: the config's"""
+    history: bool = True
+    """False: this phase's training forward reads no source history, so its batches may leave it out"""

@@ -290,14 +290,17 @@ class Trainer:
                              f"valid {self._score_name(vm, score)} {score:.4f}"
                              f"{' (best)' if improved else ''}, {record['samples_per_s']:.0f} samples/s")
                 state["history"].append(record)
-                if not phase.early_stopping:
-                    ckpt = self._checkpoint_model()
-                opt_view = self._optimizer_view(opt)
-                if self.dist.is_main:  # checkpoints are written once, by rank 0, each as one unit
-                    self.run.write_history(state["history"])
-                    save_checkpoint(resume_dir, ckpt, self.model_name, opt_view, state)
-                barrier(self.dist)
-                if phase.early_stopping and state["bad_epochs"] > cfg.patience:
+                stop = phase.early_stopping and state["bad_epochs"] > cfg.patience
+                # resume/ every `checkpoint_every` epochs and after the phase's last (the same on every rank)
+                if stop or state["epoch"] >= epochs or state["epoch"] % cfg.checkpoint_every == 0:
+                    if not phase.early_stopping:
+                        ckpt = self._checkpoint_model()
+                    opt_view = self._optimizer_view(opt)
+                    if self.dist.is_main:  # checkpoints are written once, by rank 0, each as one unit
+                        self.run.write_history(state["history"])
+                        save_checkpoint(resume_dir, ckpt, self.model_name, opt_view, state)
+                    barrier(self.dist)
+                if stop:
                     self.log(f"[{phase.name}] early stop after {state['epoch']} epochs")
                     break
             if not phase.early_stopping:
@@ -328,7 +331,8 @@ class Trainer:
         model.train()
         # The shuffle depends only on the generator: in one process the order of the former
         # `BatchGatherer.iterate(idx, shuffle=True)`, so results did not move when this was refactored.
-        n_batches, batches = train_set.epoch(cfg.batch_size, gen, self.dist, cfg.num_workers)
+        n_batches, batches = train_set.epoch(phase.batch_size or cfg.batch_size, gen, self.dist, cfg.num_workers,
+                                             history=phase.history)
         if cfg.max_steps_per_epoch:
             n_batches = min(n_batches, cfg.max_steps_per_epoch)
         total_loss, seen, t0 = 0.0, 0, time.perf_counter()
