@@ -81,13 +81,15 @@ def export(dataset: Path, root: Path, beta: float, seed: int) -> Path:
 def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path, run_dir: Path,
                 batch_size: int | None = None, max_len: int = 50, adamw: str = "default",
                 schedule: dict[str, dict[str, float]] | None = None, patience: int | None = None,
-                checkpoint_every: int = 1) -> None:
+                checkpoint_every: int = 1, no_share: bool = False, mf_history: bool = False) -> None:
     """Train dacdr's PTUPCDR on the split, timing each epoch of each phase; write the JSON report.
     `batch_size`: one for every phase (dacdr's own way) instead of the official size per stage; `adamw`:
     'foreach' or 'fused' builds the trainer's AdamW with that implementation (a lever measured here only);
     `schedule`: PTUPCDR's own per-phase epochs / batch size / lr (its `schedule` parameter; a batch size there
     wins over the others); `patience`: the trainer's early stopping (default: none, every epoch runs);
-    `checkpoint_every`: `train.checkpoint_every` (resume/ every N epochs of a phase and after its last)."""
+    `checkpoint_every`: `train.checkpoint_every` (resume/ every N epochs of a phase and after its last);
+    `no_share` / `mf_history`: turn off two of PTUPCDR's speed-ups (one bridge per distinct history in a batch;
+    MF batches without histories), to measure each (levers measured here only)."""
     sizes = BATCH if batch_size is None else dict.fromkeys(BATCH, batch_size)
     sizes = {p: int((schedule or {}).get(p, {}).get("batch_size", b)) for p, b in sizes.items()}
     import torch
@@ -96,6 +98,17 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
     from drive import memory_mib
 
     torch.set_num_threads(1)
+    if no_share:
+        import dacdr.models.ptupcdr as ptupcdr_module
+
+        ptupcdr_module.SHARE_FROM = sys.maxsize
+    if mf_history:
+        import dataclasses
+
+        from dacdr.models.ptupcdr import PTUPCDR
+
+        phases = PTUPCDR.phases
+        PTUPCDR.phases = lambda self: [dataclasses.replace(p, history=True) for p in phases(self)]
     if adamw != "default":  # the trainer looks torch.optim.AdamW up when it builds each phase's optimizer
         torch.optim.AdamW = functools.partial(torch.optim.AdamW, **{adamw: True})
     memory = {"start": memory_mib()}
@@ -163,8 +176,55 @@ def dacdr_child(dataset: Path, beta: float, seed: int, epochs: int, report: Path
            "results": {"mae": test["mae"], "rmse": test["rmse"], "test_rows": int(split.test_cold.sum()),
                        "best_meta_epoch": 1 + best, "valid_mae_rmse": valid[best]},
            "torch_threads": torch.get_num_threads(), "batch_sizes": sizes, "max_len": max_len,
-           "adamw": adamw, "schedule": schedule, "patience": patience, "checkpoint_every": checkpoint_every}
+           "adamw": adamw, "schedule": schedule, "patience": patience, "checkpoint_every": checkpoint_every,
+           "no_share": no_share, "mf_history": mf_history}
     report.write_text(json.dumps(out, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def grid(dataset: Path, beta: float, seed: int, lines: list[str], out: Path) -> list[dict[str, Any]]:
+    """dacdr alone, in this process, once per setting (a JSON object per line: `batch_size`, `lr`, `epochs`,
+    `patience` for the trainer, `schedule` for PTUPCDR, `max_len`): the validation MAE / RMSE of the epoch the
+    trainer selects, per meta epoch, and the fit's seconds. Test metrics are neither computed nor printed:
+    settings are chosen on validation users only."""
+    import tempfile
+
+    import torch
+
+    from dacdr.config import TrainConfig
+    from dacdr.data.prepare import prepare
+    from dacdr.models import create_model, data_params
+    from dacdr.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # the one-time torch._dynamo import, outside the fits
+    prepared_by_len: dict[int, Any] = {}
+    rows = []
+    for line in lines:
+        setting = json.loads(line)
+        max_len = setting.get("max_len", 50)
+        if max_len not in prepared_by_len:
+            prepared_by_len[max_len] = prepare(data_config(dataset, beta, seed, max_len))
+        prepared = prepared_by_len[max_len]
+        torch.manual_seed(seed)
+        model = create_model("PTUPCDR", prepared.spec, **data_params("PTUPCDR", len(prepared.vocabs["user"])),
+                             dim=10, meta_dim=50, **({"schedule": setting["schedule"]} if "schedule" in setting else {}))
+        epochs = setting.get("epochs", 10)
+        cfg = TrainConfig(epochs=epochs, batch_size=setting.get("batch_size", 256), lr=setting.get("lr", 0.01),
+                          weight_decay=0.0, patience=setting.get("patience", epochs), seed=seed, num_threads=1,
+                          device="cpu", progress=False, checkpoint_every=setting.get("checkpoint_every", 1))
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(prepared, model, "PTUPCDR", cfg, tempfile.mkdtemp(dir=out))
+        t0 = time.perf_counter()
+        history = trainer.fit(resume=False)
+        seconds = time.perf_counter() - t0
+        meta = [(h["valid_mae"], h["valid_rmse"]) for h in history if h["phase"] == "meta"]
+        best = min(range(len(meta)), key=lambda i: meta[i][1])
+        row = {"beta": beta, "seed": seed, "setting": setting, "fit_seconds": seconds, "best_meta_epoch": best + 1,
+               "valid_mae_rmse": list(meta[best]), "valid_mae_per_meta_epoch": [m for m, _ in meta]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ parent
@@ -200,7 +260,8 @@ def run_child(side: str, args: argparse.Namespace, beta: float, rnd: int, out: P
             + ([] if args.dacdr_batch is None else ["--dacdr-batch", str(args.dacdr_batch)]) \
             + ([] if args.dacdr_schedule is None else ["--dacdr-schedule", json.dumps(args.dacdr_schedule)]) \
             + ([] if args.dacdr_patience is None else ["--dacdr-patience", str(args.dacdr_patience)]) \
-            + ["--dacdr-checkpoint-every", str(args.dacdr_checkpoint_every)]
+            + ["--dacdr-checkpoint-every", str(args.dacdr_checkpoint_every)] \
+            + (["--dacdr-no-share"] if args.dacdr_no_share else []) + (["--dacdr-mf-history"] if args.dacdr_mf_history else [])
         cwd = out
     cwd.mkdir(parents=True, exist_ok=True)
     before = uptime()
@@ -281,6 +342,8 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "dacdr_schedule": dac[0].get("schedule"),
         "dacdr_patience": dac[0].get("patience"),
         "dacdr_checkpoint_every": dac[0].get("checkpoint_every", 1),
+        "dacdr_no_share": dac[0].get("no_share", False),
+        "dacdr_mf_history": dac[0].get("mf_history", False),
         "dacdr_epochs": {p: len(st["train_seconds"]) for p, st in dac[0]["stages"].items()},
         "dacdr_valid_mae_rmse": d_res.get("valid_mae_rmse"),
         "results_repeat": {"official": len({json.dumps(r["results"]) for r in off}) == 1,
@@ -295,7 +358,9 @@ def markdown(beta: float, s: dict[str, Any]) -> str:
     epochs = s.get("dacdr_epochs") or {}
     dacdr_epochs = "/".join(str(epochs.get(p, s["epochs"])) for p in ("source", "target", "meta"))
     lines = [f"**beta {beta:.0%}** (official: {s['epochs']} epochs per stage; dacdr: {dacdr_epochs} epochs, "
-             f"schedule {json.dumps(s.get('dacdr_schedule'))}, checkpoint_every {s.get('dacdr_checkpoint_every', 1)}; "
+             f"schedule {json.dumps(s.get('dacdr_schedule'))}, checkpoint_every {s.get('dacdr_checkpoint_every', 1)}"
+             f"{', no shared bridges' if s.get('dacdr_no_share') else ''}"
+             f"{', MF batches with histories' if s.get('dacdr_mf_history') else ''}; "
              f"{s['rounds']} rounds alternating, {batches}, "
              f"dacdr history length {s.get('dacdr_max_len', 50)} (official 20), dacdr AdamW "
              f"{s.get('dacdr_adamw', 'default')}; medians)",
@@ -343,6 +408,12 @@ def main() -> None:
                     "(default: none, every epoch runs)")
     ap.add_argument("--dacdr-checkpoint-every", type=int, default=1, help="dacdr: train.checkpoint_every (resume/ "
                     "every N epochs of a phase and after its last; default 1, every epoch)")
+    ap.add_argument("--dacdr-no-share", action="store_true", help="dacdr: decode PTUPCDR's bridge for every row, "
+                    "not once per distinct history in a batch (a lever measured here only)")
+    ap.add_argument("--dacdr-mf-history", action="store_true", help="dacdr: gather the source histories in the MF "
+                    "phases too, which do not read them (a lever measured here only)")
+    ap.add_argument("--grid", type=Path, help="dacdr alone: one setting per line of this file (JSON), validation "
+                    "metrics only, for each beta (see `grid`); writes OUT/grid.jsonl")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--report", type=Path, help=argparse.SUPPRESS)
@@ -350,7 +421,13 @@ def main() -> None:
     if args.child:
         dacdr_child(args.dataset, args.betas[0], args.seed, args.epochs, args.report,
                     args.out / f"dacdr-run-{os.getpid()}", args.dacdr_batch, args.dacdr_max_len, args.dacdr_adamw,
-                    args.dacdr_schedule, args.dacdr_patience, args.dacdr_checkpoint_every)
+                    args.dacdr_schedule, args.dacdr_patience, args.dacdr_checkpoint_every, args.dacdr_no_share,
+                    args.dacdr_mf_history)
+        return
+    if args.grid is not None:
+        lines = [x for x in args.grid.read_text().splitlines() if x.strip() and not x.lstrip().startswith("#")]
+        rows = [r for beta in args.betas for r in grid(args.dataset, beta, args.seed, lines, args.out / "runs")]
+        (args.out / "grid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return
     if args.official is None or not (args.official / "run.py").is_file() or not (args.official / "models.py").is_file():
         raise SystemExit(f"--official {args.official}: expected a folder with the official run.py and models.py")

@@ -159,6 +159,31 @@ def test_summary_ratios():
     assert "| meta network | 100 / 100 | 4 / 4 | 4.000 | 2.000 | 2.00x |" in bench.markdown(0.2, s)
 
 
+def test_summary_names_dacdr_schedule_and_its_validation_score():
+    dac = _report("dacdr", 1.0, 200.0)
+    dac["stages"]["meta"]["train_seconds"] = [1.0]  # one meta epoch against the official code's two
+    dac |= {"schedule": {"meta": {"epochs": 1}}, "checkpoint_every": 5}
+    dac["results"]["valid_mae_rmse"] = [0.7, 0.9]
+    s = bench.summarise([_report("official", 2.0, 400.0), dac])
+    assert s["dacdr_epochs"] == {"source": 2, "target": 2, "meta": 1}
+    md = bench.markdown(0.2, s)
+    assert "dacdr: 2/2/1 epochs" in md and "checkpoint_every 5" in md
+    assert "| dacdr, validation users (its selection) | 0.7000 / 0.9000 |" in md
+
+
+@pytest.mark.slow
+def test_grid_reports_validation_only(tmp_path):
+    dataset = write_amazon_pair(tmp_path / "raw")
+    lines = ['{"batch_size": 64, "epochs": 2}',
+             '{"batch_size": 256, "epochs": 1, "schedule": {"meta": {"epochs": 3, "batch_size": 512}}}']
+    rows = bench.grid(dataset, 0.5, 900, lines, tmp_path / "runs")
+    assert [len(r["valid_mae_per_meta_epoch"]) for r in rows] == [2, 3]
+    for r in rows:
+        assert r["valid_mae_rmse"][0] == r["valid_mae_per_meta_epoch"][r["best_meta_epoch"] - 1] > 0
+        assert not any("test" in k for k in r)
+        assert not any((d / "results.json").exists() for d in (tmp_path / "runs").iterdir())  # no test scored
+
+
 def test_folder_names_match_the_official_layout():
     assert [bench.folder_name(b) for b in (0.2, 0.5, 0.8)] == ["_8_2", "_5_5", "_2_8"]
     assert [bench.ratios_of(b) for b in (0.2, 0.5, 0.8)] == [(0.8, 0.2), (0.5, 0.5), (0.2, 0.8)]
