@@ -251,7 +251,7 @@ def run_child(side: str, args: argparse.Namespace, beta: float, rnd: int, out: P
         r0, r1 = ratios_of(beta)
         env["PYTHONPATH"] = os.pathsep.join([str(DRIVE.parent), str(args.official)])
         cmd = [sys.executable, str(DRIVE), str(out / "export"), str(r0), str(r1), str(args.seed), str(args.epochs),
-               "--report", str(report)]
+               "--report", str(report)] + ([] if args.official_batch is None else ["--batch", str(args.official_batch)])
         cwd = out / "official-cwd"  # the official run.py writes a per-user CSV into its working directory
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--dataset", str(args.dataset),
@@ -337,6 +337,8 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "test_rows": {"official": off[0]["stages"]["PTUPCDR"]["eval_rows"], "dacdr": d_res["test_rows"]},
         "dacdr_best_meta_epoch": d_res["best_meta_epoch"],
         "dacdr_batch_sizes": dac[0].get("batch_sizes"),
+        "official_batch_sizes": {k: off[0].get("config", {}).get("src_tgt_pairs", {}).get("1", {}).get(f"batchsize_{k}")
+                                 for k in ("src", "tgt", "meta")},
         "dacdr_max_len": dac[0].get("max_len", 50),
         "dacdr_adamw": dac[0].get("adamw", "default"),
         "dacdr_schedule": dac[0].get("schedule"),
@@ -396,6 +398,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=900)
     ap.add_argument("--epochs", type=int, default=10, help="epochs of every stage, both sides")
     ap.add_argument("--rounds", type=int, default=2, help="runs per side and beta, alternating which goes first")
+    ap.add_argument("--official-batch", type=int, help="official code: this training batch size in every stage "
+                    "instead of its own (a control run: how much of the speed-up the batch size alone gives it)")
     ap.add_argument("--dacdr-batch", type=int, help="dacdr: this batch size in every phase (its own way) instead "
                     "of the official size per stage (256 / 256 / 128)")
     ap.add_argument("--dacdr-max-len", type=int, default=50, help="dacdr: source history positions per sample "

@@ -103,7 +103,9 @@ class StageTimer:
                 "memory_mib": self.memory | {"end": memory_mib()}, "results": dict(self.run.results)}
 
 
-def build_config(root: str, r0: float, r1: float, epochs: int) -> dict[str, Any]:
+def build_config(root: str, r0: float, r1: float, epochs: int, batch: int | None = None) -> dict[str, Any]:
+    """The official config; `batch` replaces its training batch sizes (source, target, meta, map) by one, for
+    a control run (its defaults are 256 / 256 / 128 / 64)."""
     root = root.rstrip("/") + "/"
     found = glob.glob(f"{root}ready/_{int(r0 * 10)}_{int(r1 * 10)}/tgt_*_src_*/ptupcdr.json")
     if len(found) != 1:
@@ -112,6 +114,8 @@ def build_config(root: str, r0: float, r1: float, epochs: int) -> dict[str, Any]
         meta = json.load(f)
     pair = {"src": meta["src"], "tgt": meta["tgt"], "uid": meta["uid"], "iid": meta["iid"], "batchsize_src": 256,
             "batchsize_tgt": 256, "batchsize_meta": 128, "batchsize_map": 64, "batchsize_test": 128}
+    if batch is not None:
+        pair |= {"batchsize_src": batch, "batchsize_tgt": batch, "batchsize_meta": batch, "batchsize_map": batch}
     return {"use_cuda": 0, "root": root, "base_model": "MF", "task": "1", "ratio": [r0, r1], "epoch": epochs,
             "lr": 0.01, "emb_dim": 10, "meta_dim": 50, "num_fields": 2, "wd": 0, "src_tgt_pairs": {"1": pair}}
 
@@ -124,11 +128,13 @@ def main() -> None:
     ap.add_argument("seed", type=int)
     ap.add_argument("epochs", type=int)
     ap.add_argument("--report", help="write the per-stage timings, memory and results to this JSON file")
+    ap.add_argument("--batch", type=int, help="one training batch size for every stage instead of the official ones "
+                    "(a control run)")
     args = ap.parse_args()
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    config = build_config(args.root, args.r0, args.r1, args.epochs)
+    config = build_config(args.root, args.r0, args.r1, args.epochs, args.batch)
     from run import Run  # the official code's
 
     run = Run(config)
