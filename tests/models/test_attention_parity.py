@@ -15,6 +15,7 @@ import torch
 from dacdr.data.batches import BatchGatherer
 from dacdr.models import create_model
 from dacdr.models.attention_reference import TEXTBOOK_METHODS
+from dacdr.models.dacdr import DACDR
 from dacdr.models.layers import CrossAttention
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -27,6 +28,7 @@ def reference(monkeypatch):
     def use() -> None:
         for name, method in TEXTBOOK_METHODS.items():
             monkeypatch.setattr(CrossAttention, name, method)
+        monkeypatch.setattr(DACDR, "fuse_steps", False)  # the steps one by one, through the textbook methods
 
     return use
 
@@ -137,6 +139,7 @@ DACDR_CASES = [
     ("DACDR w/o DA", {"count_weights": "uniform"}),
     ("DACDR w/o IA", {"domain_mass_feature": True, "mass_feature": True}),
     ("DACDR", {"heads": 1}),
+    ("DACDR", {"temperature": 1.0, "prior_floor": False}),  # 0.3's steps (the textbook form has no cosine scores)
 ]
 
 
@@ -155,7 +158,7 @@ def _model_outputs(model, batch):
     model.zero_grad()
     parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
     gen = torch.Generator().manual_seed(3)
-    sum((v * torch.randn(v.shape, generator=gen)).sum() for v in parts.values()).backward()
+    sum((parts[k] * torch.randn(parts[k].shape, generator=gen)).sum() for k in sorted(parts)).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     row = int(batch["seq_mask"].sum(1).argmax())
     with torch.no_grad():
@@ -163,6 +166,26 @@ def _model_outputs(model, batch):
         served = model(batch["seq"][row : row + 1], batch["seq_mask"][row : row + 1], batch["item"],
                        batch["domain"][row : row + 1])
     return {"score": score, "served": served, **{k: v.detach() for k, v in parts.items()}}, grads
+
+
+@pytest.mark.parametrize("params", [{}, {"domain_mass_feature": True, "position_keys": True},
+                                    {"attention_score": "cosine", "heads": 4}, {"match_on": "values"}])
+def test_fused_steps_equal_the_steps_one_by_one(params, handmade_prepared, batch, monkeypatch):
+    """Training takes both steps' sequence products in one pass each; outputs and gradients are the step-by-step
+    ones."""
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, **params)
+    for part in (model.embeddings, model.positions, model.domain_attention, model.item_attention):
+        if part is not None:
+            _peaky(part, seed=2)
+    fused_out, fused_grads = _model_outputs(model, batch)
+    monkeypatch.setattr(DACDR, "fuse_steps", False)
+    plain_out, plain_grads = _model_outputs(model, batch)
+    assert fused_out.keys() == plain_out.keys() and fused_grads.keys() == plain_grads.keys()
+    for key in plain_out:
+        _close(fused_out[key], plain_out[key], what=key)
+    for key in plain_grads:
+        _close(fused_grads[key], plain_grads[key], what=f"grad {key}")
 
 
 @pytest.mark.parametrize(("name", "params"), DACDR_CASES)

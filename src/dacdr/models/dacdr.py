@@ -16,7 +16,17 @@ from torch import nn
 
 from dacdr.data.features import OOV, FeatureSpec
 from dacdr.models.base import RecModel
-from dacdr.models.layers import CrossAttention, FieldEmbeddings, masked_mean, mlp, recency_index, uniform_weights
+from dacdr.models.layers import (
+    CrossAttention,
+    FieldEmbeddings,
+    masked_mean,
+    mlp,
+    plain_graph,
+    pool_over,
+    recency_index,
+    scores_over,
+    uniform_weights,
+)
 from dacdr.models.registry import register
 
 Variant = Literal["full", "no_da", "no_ia", "pool"]
@@ -62,6 +72,8 @@ class DACDR(RecModel):
     # each with its own domain tokens E_d; `train.train_on: targets` restricts it to target samples.
     train_on = "source+targets"
     broadcasts_history = True
+    # both steps' sequence products in one pass each when training (off: step by step, e.g. for a reference)
+    fuse_steps = True
 
     def __init__(
         self,
@@ -185,20 +197,35 @@ class DACDR(RecModel):
         out: dict[str, torch.Tensor] = {"seq": s, "E_d": e_d, "E_i": e_i}
         uniform = uniform_weights(seq_mask)  # [B, 1, 1, L]
 
+        # In training both steps' products with the sequence are taken in one pass each (the scores of both
+        # steps' queries, then the weighted means of both steps): the sequence is read, and its gradient
+        # accumulated, twice instead of five times. Same maths (tests/models/test_attention_parity.py);
+        # evaluation, serving and traces take the steps one by one.
+        fuse = (self.fuse_steps and self.use_da and self.use_ia and e_d.shape[0] == e_i.shape[0]
+                and not plain_graph())
+        da, ia = self.domain_attention, self.item_attention
+        if fuse:
+            rows_d = da.query_rows(e_d)
+            md = rows_d.shape[1]
+            logits = scores_over(torch.cat([rows_d, ia.query_rows(e_i)], dim=1), keys)
+
         # Step 1 (DA): which behaviours matter for this domain.
         if self.use_da:
-            if self.domain_mass_feature:
-                a_d, log_mass_d = self.domain_attention.weights_and_mass(e_d, keys, seq_mask)
-                out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
+            if fuse:
+                a_d, log_mass_d = da.weights_from_scores(logits[:, :md], keys, seq_mask, None, self.domain_mass_feature)
+            elif self.domain_mass_feature:
+                a_d, log_mass_d = da.weights_and_mass(e_d, keys, seq_mask)
             else:
-                a_d = self.domain_attention.weights(e_d, keys, seq_mask)  # the normaliser is not computed
+                a_d, log_mass_d = da.weights(e_d, keys, seq_mask), None  # the normaliser is not computed
+            if log_mass_d is not None:
+                out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
             alpha = a_d.mean(dim=(1, 2))  # over heads and domain tokens: one distribution over positions
         else:
             a_d, alpha = uniform.expand(-1, 1, e_d.shape[1], -1), uniform[:, 0, 0]
             out["log_mass_d"] = torch.zeros(alpha.shape[0], e_d.shape[1], dtype=s.dtype, device=s.device)
         out |= {"A_d": a_d, "alpha": alpha}
-        if self.domain_attention is not None:
-            out["H_d"] = self.domain_attention.values(a_d.expand(-1, -1, e_d.shape[1], -1), s)
+        if da is not None and not fuse:
+            out["H_d"] = da.values(a_d.expand(-1, -1, e_d.shape[1], -1), s)
 
         # Step 2 (IA): which of those matter for this candidate, inside step 1's allocation.
         if self.use_ia:
@@ -210,14 +237,25 @@ class DACDR(RecModel):
             if self.match_bonus is not None:
                 bonus = (self.match_bonus[None, :, None] * field_hit_matrix(*emb.item_ids(seq, item), seq_mask)).sum(1)
                 log_prior = bonus if log_prior is None else log_prior + bonus
-            a_i, log_mass = self.item_attention.weights_and_mass(e_i, keys, seq_mask, log_prior)
+            if fuse:
+                a_i, log_mass = ia.weights_from_scores(logits[:, md:], keys, seq_mask, log_prior, True)
+            else:
+                a_i, log_mass = ia.weights_and_mass(e_i, keys, seq_mask, log_prior)
             out["log_mass"] = log_mass.mean(1)  # [B, n]
         else:
             a_i = alpha[:, None, None, :].expand(-1, 1, e_i.shape[1], -1)
             out["log_mass"] = torch.zeros(alpha.shape[0], e_i.shape[1], dtype=s.dtype, device=s.device)
         out["A_i"] = a_i
-        if self.item_attention is not None:
-            out["H_i"] = self.item_attention.values(a_i, s)
+        offered = None
+        if fuse:
+            b, k, h = s.shape[0], s.shape[-1], ia.heads
+            pooled = pool_over(torch.cat([da.rows(a_d), ia.rows(a_i)], dim=1), s)  # [B, (m + n) h, k]
+            means_i = pooled[:, md:].view(b, -1, h, k)  # step 2's weighted means per (candidate token, head)
+            out["H_d"] = da.project(pooled[:, :md].view(b, -1, h, k))
+            out["H_i"] = ia.project(means_i)
+            offered = means_i.mean(2)  # == a_i.mean(1) @ s
+        elif ia is not None:
+            out["H_i"] = ia.values(a_i, s)
         if self.variant == "pool" and self.ablation == "drop":
             out["pooled"] = masked_mean(s, seq_mask)
 
@@ -227,7 +265,9 @@ class DACDR(RecModel):
             out["hits"] = field_hits(*emb.item_ids(seq, item), seq_mask, w)
 
         if self.match_on == "tokens":
-            out["offered"] = (a_mean @ s).expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
+            if offered is None:
+                offered = a_mean @ s
+            out["offered"] = offered.expand_as(e_i)  # [B, n, k]: weighted raw tokens per candidate token
         elif "H_i" in out:
             out["offered"] = out["H_i"]
         else:  # "values" without an item-level output (ablation "drop"): the history as a whole

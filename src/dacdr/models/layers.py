@@ -94,19 +94,19 @@ class _PoolOver(torch.autograd.Function):
         return grad_w, grad_s
 
 
-def _plain_graph() -> bool:
+def plain_graph() -> bool:
     """Tracing (ONNX, TorchScript) or no gradient: the plain products, which every exporter knows."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not torch.is_grad_enabled()
 
 
 def scores_over(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``a @ s.transpose(1, 2)`` for a few rows a [B, J, k] and a sequence s [B or 1, L, k] -> [B, J, L]."""
-    return a @ s.transpose(1, 2) if _plain_graph() else _ScoresOver.apply(a, s)
+    return a @ s.transpose(1, 2) if plain_graph() else _ScoresOver.apply(a, s)
 
 
 def pool_over(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``w @ s`` for weights w [B, J, L] and a sequence s [B or 1, L, k] -> [B, J, k]."""
-    return w @ s if _plain_graph() else _PoolOver.apply(w, s)
+    return w @ s if plain_graph() else _PoolOver.apply(w, s)
 
 
 class CrossAttention(nn.Module):
@@ -185,6 +185,11 @@ class CrossAttention(nn.Module):
         log_prior: torch.Tensor | None,
         with_mass: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = scores_over(self.query_rows(query), keys)  # [B, m h, L]; keys of batch 1 broadcast
+        return self.weights_from_scores(logits, keys, mask, log_prior, with_mass)
+
+    def query_rows(self, query: torch.Tensor) -> torch.Tensor:
+        """[B, m, k] queries -> [B, m h, k] rows (query, head) to take against the raw keys (`scores_over`)."""
         if self.w_q is None or self.w_k is None:
             raise RuntimeError("this attention has no scoring path (scores=False): pass its weights")
         b, m, k = query.shape
@@ -198,7 +203,19 @@ class CrossAttention(nn.Module):
         if self.log_scale is not None:  # cosine: unit query maps (times the head's scale) against unit keys
             gain = self.log_scale.exp().repeat(m)[:, None]  # rows (query, head): head fastest
             qk = qk * (gain / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6))
-        logits = scores_over(qk, keys)  # [B, m h, L]; keys of batch 1 broadcast
+        return qk
+
+    def weights_from_scores(
+        self,
+        logits: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        log_prior: torch.Tensor | None,
+        with_mass: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weights [B, h, m, L] (and the log-mass) from `scores_over(query_rows(query), keys)` [B, m h, L]."""
+        h = self.heads
+        m = logits.shape[1] // h
         if self.log_scale is not None:
             logits = logits / keys.norm(dim=-1).clamp_min(1e-6)[:, None, :]
         logits = logits.view(logits.shape[0], m, h, logits.shape[2]).transpose(1, 2)  # [B, h, m, L] (a view)
@@ -222,21 +239,30 @@ class CrossAttention(nn.Module):
             log_mass = log_mass - torch.log(valid.clamp_min(1.0))
         return weights, torch.where(valid > 0, log_mass, torch.zeros_like(log_mass))
 
+    @staticmethod
+    def rows(weights: torch.Tensor) -> torch.Tensor:
+        """weights [B, hw, m, L] -> contiguous rows (query, head) [B, m hw, L] for `pool_over`."""
+        b, hw, m, n = weights.shape
+        # contiguous: weights expanded over the queries (stride 0) send bmm down a slow per-sample loop
+        return weights.transpose(1, 2).reshape(b, m * hw, n).contiguous()
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The weighted means of the raw tokens, [B, m, hw, k] (hw = 1: one mean serves every head), through
+        the value map: -> [B, m, k]."""
+        b, m, _, k = pooled.shape
+        h = self.heads
+        w_v, w_o = self.w_v.weight.view(h, self.head_dim, k), self.w_o.weight.view(k, h, self.head_dim)
+        v_map = (w_o.transpose(0, 1) @ w_v).transpose(1, 2)  # [h, k, k]: N_h
+        # one allocation for every head (hw = 1): its average serves each head (no branch: traces stay general)
+        return pooled.expand(-1, -1, h, -1).reshape(b, m, h * k) @ v_map.reshape(h * k, k)
+
     def values(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``(weights V W_V) W_O``: weights [B, h or 1, m, L], values [B (or 1), L, k] -> [B, m, k]."""
-        k = values.shape[-1]
-        h, hw, m = self.heads, weights.shape[1], weights.shape[2]
         # A (S W_V,h^T) W_O,h^T == (A S) N_h with N_h = (W_O,h W_V,h)^T [k, k]: the raw tokens are averaged first
         # and only the m averages are projected, so the B x L x k sequence never is; batch-1 values broadcast
         # against B weights. Rows (query, head) so that the heads' averages sit side by side for one product.
-        w_v, w_o = self.w_v.weight.view(h, self.head_dim, k), self.w_o.weight.view(k, h, self.head_dim)
-        v_map = (w_o.transpose(0, 1) @ w_v).transpose(1, 2)  # [h, k, k]: N_h
-        # contiguous: weights expanded over the queries (stride 0) send bmm down a slow per-sample loop
-        rows = weights.transpose(1, 2).reshape(weights.shape[0], m * hw, weights.shape[3]).contiguous()
-        pooled = pool_over(rows, values)  # [B, m hw, k]
-        # one allocation for every head (hw = 1): its average serves each head (no branch: traces stay general)
-        pooled = pooled.view(pooled.shape[0], m, hw, k).expand(-1, -1, h, -1).reshape(pooled.shape[0], m, h * k)
-        return pooled @ v_map.reshape(h * k, k)
+        pooled = pool_over(self.rows(weights), values)  # [B, m hw, k]
+        return self.project(pooled.view(pooled.shape[0], weights.shape[2], weights.shape[1], values.shape[-1]))
 
     def forward(
         self,
