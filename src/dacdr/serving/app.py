@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dacdr.package import PackageError, verify_package
-from dacdr.serving.engines import EngineName
+from dacdr.serving.engines import USER_CACHE, EngineName, OnnxGraph
 from dacdr.serving.explain import explain, refuse_unless_explainable
 from dacdr.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dacdr.serving.metrics import ServiceMetrics
@@ -75,6 +75,10 @@ class ServiceSettings:
     """encode responses with orjson (True) or FastAPI's `jsonable_encoder` + `json`"""
     history_cache: int = 10_000
     """store look-ups kept in memory (LRU); 0 reads SQLite on every request"""
+    onnx_graph: OnnxGraph = "auto"
+    """ONNX engine: DACDR as cached user-side + candidate-side graphs (`auto`, `split`) or one graph (`single`)"""
+    user_cache: int = USER_CACHE
+    """split ONNX engine: user-side results kept in memory (LRU); 0 recomputes them on every request"""
     state_dir: str | None = None
     """shared directory of a worker group (`dacdr serve --workers N`, `dacdr.serving.workers`); None: one process"""
     reload_timeout: float = 600.0
@@ -296,7 +300,8 @@ class ServiceState:
         """a worker group's proposal loaded here and waiting for the commit: (generation, scorer)"""
 
     def load(self, path: Path) -> Scorer:
-        scorer = Scorer.load(path, self.settings.engine, self.settings.threads, self.settings.history_cache)
+        s = self.settings
+        scorer = Scorer.load(path, s.engine, s.threads, s.history_cache, s.onnx_graph, s.user_cache)
         attach_indexes(scorer, self.settings.retrieval, log=print)
         return scorer
 
@@ -516,7 +521,7 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         if scorer is None:
             return JSONResponse({"ready": False}, status_code=503)
         return JSONResponse({"ready": True, "model_version": scorer.version, "engine": scorer.engine.name,
-                             "worker": os.getpid()})
+                             "worker": os.getpid(), **scorer.engine.info()})
 
     @app.get("/metrics")
     def metrics() -> Response:

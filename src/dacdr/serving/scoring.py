@@ -18,7 +18,7 @@ import numpy as np
 from dacdr.data.batches import assemble, pack_histories
 from dacdr.data.features import OOV
 from dacdr.package import ModelPackage, load_package
-from dacdr.serving.engines import Engine, EngineName, make_engine
+from dacdr.serving.engines import USER_CACHE, Engine, EngineName, OnnxGraph, make_engine
 
 
 class RequestError(ValueError):
@@ -79,9 +79,9 @@ class Scorer:
 
     @classmethod
     def load(cls, path: str | Path, engine: EngineName = "torch", threads: int | None = None,
-             history_cache: int = 0) -> Scorer:
+             history_cache: int = 0, onnx_graph: OnnxGraph = "auto", user_cache: int = USER_CACHE) -> Scorer:
         pkg = load_package(path)
-        scorer = cls(pkg, make_engine(pkg, engine, threads))
+        scorer = cls(pkg, make_engine(pkg, engine, threads, onnx_graph, user_cache))
         if history_cache:
             scorer._history = functools.lru_cache(maxsize=history_cache)(scorer._history)
         scorer.warm_up()
@@ -180,7 +180,12 @@ class Scorer:
                 user_ids: list[str | int]) -> np.ndarray:
         """The engine's predictions for every (user, item) row, concatenated in order."""
         t0 = time.perf_counter()
-        preds = self.engine(self._inputs(resolved, domain_rows, item_idx, user_ids))
+        if len(resolved) > 1 and getattr(self.engine, "one_user_per_call", False):
+            # the split engine caches each user's side: one call per user reuses it (no history repeated per row)
+            preds = np.concatenate([self.engine(self._inputs([r], [d], [i], [u]))
+                                    for r, d, i, u in zip(resolved, domain_rows, item_idx, user_ids, strict=True)])
+        else:
+            preds = self.engine(self._inputs(resolved, domain_rows, item_idx, user_ids))
         self.last_inference_s = time.perf_counter() - t0
         return preds
 
