@@ -101,7 +101,7 @@ def serve(
     onnx_graph: Annotated[str, typer.Option(help="--engine onnx: auto (DACDR as cached user-side + candidate-side "
                                                  "graphs when covered), split or single")] = "auto",
     user_cache: Annotated[int, typer.Option(min=0, help="split ONNX graphs: user-side results cached in "
-                                                        "memory (0: off)")] = 4096,
+                                                        "memory (0: off)")] = 2048,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch

@@ -19,8 +19,8 @@ from dacdr.package import ModelPackage
 
 EngineName = Literal["torch", "onnx"]
 OnnxGraph = Literal["auto", "split", "single"]
-USER_CACHE = 4096
-"""user-side results kept per worker by default (about 21 KB each for dim 32, max_len 50: ~86 MB)"""
+USER_CACHE = 2048
+"""user-side results kept per worker by default (about 24 KB each with its key for dim 32, max_len 50: ~48 MB)"""
 SPLIT_TOLERANCE = 1e-4
 """largest |split - eager| raw score accepted by the start-up check (float32 noise is ~1e-6)"""
 
@@ -141,6 +141,8 @@ class SplitOnnxEngine:
         self._user_side = functools.lru_cache(maxsize=user_cache)(self._compute_user_side)
         self._single: OnnxEngine | None = None
         self._single_lock = threading.Lock()
+        self.entry_bytes = 0
+        """the memory of one cache entry (its arrays and key), as last computed"""
 
     def _compute_user_side(self, key: tuple[bytes, bytes, bytes]) -> dict[str, np.ndarray]:
         """The user side of one (domain, history): the history right-aligned in `max_len` slots (padding
@@ -156,6 +158,7 @@ class SplitOnnxEngine:
         out = self.user_session.run(self.user_names, feed)
         for a in out:
             a.setflags(write=False)  # shared by every request of this user through the cache
+        self.entry_bytes = sum(a.nbytes for a in out) + sum(map(len, key))
         return dict(zip(self.user_names, out, strict=True))
 
     def user_side(self, seq: np.ndarray, seq_mask: np.ndarray, domain: np.ndarray) -> dict[str, np.ndarray]:
@@ -206,7 +209,7 @@ class SplitOnnxEngine:
     def info(self) -> dict[str, Any]:
         c = self._user_side.cache_info()
         return {"graph": "split", "user_cache": {"entries": c.currsize, "max": c.maxsize, "hits": c.hits,
-                                                 "misses": c.misses}}
+                                                 "misses": c.misses, "entry_bytes": self.entry_bytes}}
 
 
 def make_onnx_engine(pkg: ModelPackage, threads: int | None = None, graph: OnnxGraph = "auto",
