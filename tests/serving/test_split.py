@@ -66,6 +66,9 @@ VARIANTS = [
     ("DACDR w/o DA", {"mass_feature": True}),
     ("DACDR w/o IA", {"ablation": "drop"}),
     ("DACDR w/o DA&IA", {"ablation": "drop", "match_on": "values"}),
+    ("DACDR", {"attention_score": "cosine", "prior_floor": True, "temperature": 0.25}),
+    ("DACDR w/o DA", {"attention_score": "cosine", "mass_feature": True, "position_keys": True}),
+    ("DACDR", {"prior_floor": True, "mass_feature": True}),
 ]
 
 
@@ -76,6 +79,8 @@ def test_split_graphs_match_eager_and_single_graph(package, name, params):
     model = create_model(name, spec, **params).eval()
     with torch.no_grad():  # random weights are small: scale the predictor's output so that differences show
         model.predictor[-1].weight.mul_(30.0)
+        if getattr(model, "prior_logit", None) is not None:
+            model.prior_logit.fill_(0.3)  # a floor well inside (0, 1)
     assert split_support(model) is None
     user_graph, cand_graph, names = split_onnx_bytes(model)
     user, cand, single = _session(user_graph), _session(cand_graph), _session(onnx_bytes(model))
@@ -161,6 +166,12 @@ def test_reload_does_not_reuse_user_side_results(package, handmade_path, tmp_pat
     second = Scorer.load(other, "onnx", onnx_graph="split").score([q])[0]["scores"]
     np.testing.assert_allclose(second, Scorer.load(other, "torch").score([q])[0]["scores"], atol=1e-6)
     assert np.abs(np.array(first) - np.array(second)).max() > 1e-4
+
+
+def test_a_dacdr_parameter_the_split_does_not_know_keeps_the_single_graph(package):
+    model = load_package(package).model
+    model.params = model.params | {"new_lever": True}
+    assert "new_lever" in split_support(model)
 
 
 def test_models_the_split_does_not_cover_keep_the_single_graph(package):

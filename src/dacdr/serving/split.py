@@ -38,6 +38,13 @@ from dacdr.export import ONNX_OPSET
 from dacdr.models.layers import recency_index
 
 USER_INPUTS = ("seq", "seq_mask", "domain")
+COVERED_PARAMS = {
+    "variant", "dim", "heads", "user_dim", "encoder_hidden", "predictor_hidden", "dropout", "match_features",
+    "match_on", "ablation", "value_init", "position_keys", "temperature", "mass_feature", "match_counts",
+    "count_weights", "domain_mass_feature", "attention_score", "cosine_scale", "prior_floor",
+}
+"""DACDR's constructor parameters the split reproduces; a model with another one keeps the single graph (a new
+lever may change what the split folds, and the start-up check alone may not see a small change)"""
 
 
 def user_output_names(model: nn.Module) -> list[str]:
@@ -60,6 +67,9 @@ def split_support(model: nn.Module) -> str | None:
 
     if type(model) is not DACDR:
         return f"model {type(model).__name__} is not DACDR (the split covers DACDR and its ablations only)"
+    unknown = sorted(set(getattr(model, "params", {})) - COVERED_PARAMS)
+    if unknown:
+        return f"DACDR parameter(s) {unknown} are not covered by the split"
     spec = model.spec
     n = len(spec.item_fields)
     if model.match_counts and list(spec.sequence_fields[:n]) != list(spec.item_fields):
@@ -77,6 +87,11 @@ def _gather_tables(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     tables = [model.embeddings.tables[f].weight.detach() for f in model.spec.item_fields]
     sizes = torch.tensor([0] + [t.shape[0] for t in tables[:-1]], dtype=torch.long)
     return torch.cat(tables), sizes.cumsum(0)
+
+
+def _cosine(att: nn.Module) -> bool:
+    """Whether the step scores by cosine (a learnt per-head scale on unit query maps and unit keys)."""
+    return getattr(att, "log_scale", None) is not None
 
 
 def _value_maps(att: nn.Module) -> torch.Tensor:
@@ -147,9 +162,15 @@ class UserSide(nn.Module):
                 recency_index(seq_mask).clamp_max(model.spec.max_len - 1))[0]
             q_map = _query_map(model.item_attention)  # [k, h, k]
             out["kmat"] = (q_map @ keys.t()).reshape(k, -1)  # [k, h L]
+            if _cosine(model.item_attention):  # cosine scores: the keys enter at unit length
+                out["kmat"] = (out["kmat"].view(k, h, -1) / keys.norm(dim=-1).clamp_min(1e-6)).reshape(k, -1)
             bias = torch.zeros_like(keep).masked_fill(~seq_mask[0], -1e9)
             if model.use_da:
-                bias = bias + torch.log(parts["alpha"][0].clamp_min(1e-12))
+                prior = parts["alpha"][0]
+                if getattr(model, "prior_logit", None) is not None:  # step 2's prior floored by the uniform one
+                    mix = torch.sigmoid(model.prior_logit)
+                    prior = (1 - mix) * prior + mix * keep / valid.clamp_min(1.0)
+                bias = bias + torch.log(prior.clamp_min(1e-12))
             out["bias"] = bias.repeat(h)
             out["s_m"] = s_m
             out["enc_pre"] = enc0.bias + enc0.weight[:, : lay.enc_hi] @ torch.cat(enc_in)
@@ -203,6 +224,10 @@ class CandidateSide(nn.Module):
                 blocks.append(torch.einsum("jJ,hdc->jhdJc", torch.eye(n), per).reshape(n * h * k, n * k))
             self.register_buffer("wc", torch.cat(blocks, dim=1))
             self.h1 = enc_part.shape[1]
+            self.cosine = _cosine(model.item_attention)
+            if self.cosine:
+                self.register_buffer("q_map", _query_map(model.item_attention).reshape(k, h * k))
+                self.register_buffer("gain", model.item_attention.log_scale.detach().exp())
         # the predictor's first layer on the candidate-dependent columns only (the rest is in pred_bias)
         cols = [c for name, c in lay.pred.items() if name != "log_mass_d" and (name != "user" or model.use_ia)]
         self.register_buffer("w_pred", torch.cat([pred0.weight[:, a:b] for a, b in cols], dim=1).detach().t())
@@ -215,7 +240,13 @@ class CandidateSide(nn.Module):
         e_flat = e.reshape(-1, n * k)
         pred_in = []
         if model.use_ia:
-            logits = (e @ u["kmat"] + u["bias"]).reshape(-1, n, h, self.length)
+            if self.cosine:  # each (candidate token, head) query map at unit length, times the head's scale
+                qk = (e @ self.q_map).reshape(-1, n, h, k)
+                gain = self.gain / qk.norm(dim=-1).clamp_min(1e-6)  # [B, n, h]
+                logits = (e @ u["kmat"]).reshape(-1, n, h, self.length) * gain[..., None] + \
+                    u["bias"].reshape(h, self.length)
+            else:
+                logits = (e @ u["kmat"] + u["bias"]).reshape(-1, n, h, self.length)
             a = torch.softmax(logits, dim=-1)  # [B, n, h, L]; masked positions exactly 0
             z = (a @ u["s_m"]).reshape(-1, n * h * k) @ self.wc  # [B, H1 (+ n k)]
             hidden = torch.relu(z[:, : self.h1] + u["enc_pre"])
