@@ -172,7 +172,8 @@ class SplitOnnxEngine:
         """Raw scores (logits or ratings before clamping) [B]."""
         seq, mask, domain = inputs["seq"], inputs["seq_mask"], inputs["domain"]
         if seq.shape[0] != 1 or domain.shape[0] != 1 or seq.shape[1] > self.max_len:
-            return self.single().session.run(["score"], {k: inputs[k] for k in self.single().input_names})[0]
+            single = self.single()
+            return single.session.run(["score"], {k: inputs[k] for k in single.input_names})[0]
         user = self.user_side(seq, mask, domain)
         return self.cand_session.run(["score"], {"item": np.asarray(inputs["item"], dtype=np.int64), **user})[0]
 
