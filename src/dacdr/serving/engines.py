@@ -125,6 +125,7 @@ class SplitOnnxEngine:
     """`Scorer` scores a multi-user batch one user at a time (each user's history is then cached)"""
 
     def __init__(self, pkg: ModelPackage, threads: int | None = None, user_cache: int = USER_CACHE):
+        from dacdr.export import exported_onnx_for
         from dacdr.serving.split import USER_INPUTS, split_onnx_bytes
 
         if user_cache < 0:
@@ -141,6 +142,9 @@ class SplitOnnxEngine:
         self._user_side = functools.lru_cache(maxsize=user_cache)(self._compute_user_side)
         self._single: OnnxEngine | None = None
         self._single_lock = threading.Lock()
+        if exported_onnx_for(pkg) is not None:
+            # the package's own export is loaded (and so checked) now: it serves the calls the split does not
+            self._single = OnnxEngine(pkg, threads)
         self.entry_bytes = 0
         """the memory of one cache entry (its arrays and key), as last computed"""
 
