@@ -96,6 +96,8 @@ def serve(
     fast_json: Annotated[bool, typer.Option("--fast-json/--std-json", help="orjson responses")] = True,
     fast_route: Annotated[bool, typer.Option("--fast-route/--fastapi-route",
                                              help="valid /v1/score bodies skip FastAPI's request machinery")] = True,
+    score_threads: Annotated[int, typer.Option(min=0, help="fast route: requests scored at once per worker "
+                                                           "(0: the default thread pool)")] = 0,
     history_cache: Annotated[int, typer.Option(min=0, help="store look-ups cached in memory (0: off)")] = 10_000,
     http: Annotated[str, typer.Option(help="HTTP parser: auto (httptools if installed), httptools or h11")] = "auto",
     onnx_graph: Annotated[str, typer.Option(help="--engine onnx: auto (DACDR as cached user-side + candidate-side "
@@ -118,6 +120,7 @@ def serve(
         reload_root=reload_root, read_timeout_s=read_timeout,
         inline=inline, fast_json=fast_json, history_cache=history_cache,
         onnx_graph=onnx_graph, user_cache=user_cache, fast_route=fast_route,  # type: ignore[arg-type]
+        score_threads=score_threads,
     )
     protocol = header_timeout_protocol(read_timeout, http)  # type: ignore[arg-type]
     torch.set_num_threads(threads)

@@ -75,6 +75,8 @@ class ServiceSettings:
     """encode responses with orjson (True) or FastAPI's `jsonable_encoder` + `json`"""
     fast_route: bool = True
     """answer a valid `POST /v1/score` without FastAPI's request machinery (`_FastScore`); needs `fast_json`"""
+    score_threads: int = 0
+    """fast route: at most this many requests scored at once per worker (0: anyio's default pool of 40)"""
     history_cache: int = 10_000
     """store look-ups kept in memory (LRU); 0 reads SQLite on every request"""
     onnx_graph: OnnxGraph = "auto"
@@ -202,8 +204,10 @@ class _FastScore:
     exactly as it was received, so every error is answered by the same code as before (and a failed fast
     attempt costs one more parse)."""
 
-    def __init__(self, app, handler, inline: bool):
+    def __init__(self, app, handler, inline: bool, threads: int = 0):
         self.app, self.handler, self.inline = app, handler, inline
+        self.limiter = anyio.CapacityLimiter(threads) if threads else None
+        """at most `threads` requests scored at once (others wait on the event loop); None: anyio's default pool"""
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST" or not any(
@@ -222,7 +226,8 @@ class _FastScore:
         if receive_error is None and received[-1]["type"] == "http.request":
             try:
                 req = ScoreRequest.model_validate(orjson.loads(b"".join(m.get("body", b"") for m in received)))
-                result = self.handler(req) if self.inline else await anyio.to_thread.run_sync(self.handler, req)
+                result = self.handler(req) if self.inline else await anyio.to_thread.run_sync(
+                    self.handler, req, limiter=self.limiter)
                 payload = orjson.dumps(result)
             except Exception:  # noqa: BLE001, S110  (any failure: FastAPI's route answers it as before)
                 pass
@@ -430,7 +435,8 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     app.state.service = state
     routes: set[str] = set()  # filled once the routes below exist
     if settings.fast_route and settings.fast_json:  # inside _Limits: size limit, deadline and metrics still apply
-        app.add_middleware(_FastScore, handler=lambda req: score(req), inline=settings.inline)  # noqa: PLW0108
+        app.add_middleware(_FastScore, handler=lambda req: score(req), inline=settings.inline,  # noqa: PLW0108
+                           threads=settings.score_threads)
     app.add_middleware(_Limits, settings=settings, metrics=state.metrics, routes=routes)
 
     @app.exception_handler(RequestValidationError)
