@@ -294,7 +294,7 @@ def test_latency_options_do_not_change_answers(packages, client):
     req = {"user_id": 3, "domain": "target_a", "items": [30, 31, "x"]}
     expected = client.post("/v1/score", json=req).json()
     for options in ({"inline": True, "fast_json": False, "history_cache": 0}, {"history_cache": 2},
-                    {"fast_route": False}, {"engine": "onnx", "inline": True}):
+                    {"fast_route": False}, {"engine": "onnx", "inline": True}, {"engine": "onnx", "score_threads": 1}):
         with TestClient(create_app(ServiceSettings(package=packages[0], **options))) as c:
             for _ in range(2):  # the second answer comes from the cache
                 got = c.post("/v1/score", json=req).json()
