@@ -56,7 +56,8 @@ def _cases(spec, seed: int = 3):
 
 
 VARIANTS = [
-    ("DACDR", {}),  # 0.3: count features, token match
+    ("DACDR", {}),  # 0.4's defaults: count features, token match, temperature 0.25, step 2's prior floor
+    ("DACDR", {"temperature": 1.0, "prior_floor": False}),  # 0.3's
     ("DACDR w/o DA", {}),
     ("DACDR w/o IA", {}),
     ("DACDR w/o DA&IA", {}),
@@ -172,6 +173,10 @@ def test_a_dacdr_parameter_the_split_does_not_know_keeps_the_single_graph(packag
     model = load_package(package).model
     model.params = model.params | {"new_lever": True}
     assert "new_lever" in split_support(model)
+    model.params = model.params | {"new_lever": True, "dim": 8}
+    assert "new_lever" in split_support(model)
+    bonus = create_model("DACDR", model.spec, match_bonus=True)  # a candidate-dependent prior: not folded
+    assert "match_bonus" in split_support(bonus)
 
 
 def test_models_the_split_does_not_cover_keep_the_single_graph(package):
