@@ -131,9 +131,11 @@ def serve(
         raise
     except Exception as e:  # noqa: BLE001  (whatever a package makes fail, never a traceback)
         raise ValueError(f"{package_dir}: cannot be served ({type(e).__name__}: {e})") from e
+    from rich.markup import escape
+
     graph = scorer.engine.info()
     note = f", graph {graph['graph']}" + (f" ({graph['split']})" if "split" in graph else "")
-    console.print(f"serving {package_dir} on http://{host}:{port} (engine {engine}{note}, {workers} worker(s))")
+    console.print(escape(f"serving {package_dir} on http://{host}:{port} (engine {engine}{note}, {workers} worker(s))"))
     options = {"host": host, "port": port, "log_level": "warning", "timeout_keep_alive": 30,
                "limit_concurrency": 512, "http": protocol}
     if workers == 1:
