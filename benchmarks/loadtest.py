@@ -231,9 +231,9 @@ def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[di
     for (name, c), runs in samples.items():
         rows.append({"config": name, "concurrency": c, "rounds": len(runs),
                      "requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
-                     "p50_ms": float(np.median([r["p50_ms"] for r in runs])),
-                     "p99_ms": float(np.median([r["p99_ms"] for r in runs])),
-                     "throughput_rps": float(np.median([r["throughput_rps"] for r in runs])),
+                     "p50_ms": round(float(np.median([r["p50_ms"] for r in runs])), 2),
+                     "p99_ms": round(float(np.median([r["p99_ms"] for r in runs])), 2),
+                     "throughput_rps": round(float(np.median([r["throughput_rps"] for r in runs])), 1),
                      "load1": float(np.mean([r["load1"] for r in runs]))})
     base = {r["concurrency"]: r for r in rows if r["config"] == rows[0]["config"]}
     for r in rows:

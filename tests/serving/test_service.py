@@ -52,7 +52,8 @@ def test_health_ready_domains(client, server, packages):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     version = load_package(packages[0]).version
-    assert ready == {"ready": True, "model_version": version, "engine": "torch", "worker": server.proc.pid}
+    assert ready == {"ready": True, "model_version": version, "engine": "torch", "worker": server.proc.pid,
+                     "graph": "eager"}
     doms = client.get("/v1/domains").json()
     assert [d["domain"] for d in doms["domains"]] == ["source", "target_a", "target_b"]
     assert doms["task"] == "ctr"
@@ -235,10 +236,11 @@ def test_metrics_text(client):
 
 
 def test_onnx_engine_serves_the_same_scores(packages, client):
-    srv = Server(packages[0], "--engine", "onnx", token=None)
+    srv = Server(packages[0], "--engine", "onnx", "--onnx-graph", "single", token=None)
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             assert c.get("/readyz").json()["engine"] == "onnx"
+            assert c.get("/readyz").json()["graph"] == "single"
             for req in ({"user_id": 3, "domain": "target_a", "items": [30, 31, "x"]},
                         {"user_id": "stranger", "domain": "target_b", "items": [45]}):
                 onnx = c.post("/v1/score", json=req).json()
@@ -250,17 +252,51 @@ def test_onnx_engine_serves_the_same_scores(packages, client):
         srv.stop()
 
 
+def test_split_onnx_engine_end_to_end_with_reload(packages, client):
+    """`--engine onnx` serves DACDR as the split graphs (said in /readyz): the eager engine's scores for store
+    users, unknown users and request histories, and after a reload to another package that package's scores,
+    none from the old package's user-side cache."""
+    from dacdr.serving.scoring import ScoreQuery, Scorer
+
+    srv = Server(packages[0], "--engine", "onnx", "--user-cache", "64", token=TOKEN)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    reqs = [{"user_id": 3, "domain": "target_a", "items": [30, 31, "x"]},
+            {"user_id": "stranger", "domain": "target_b", "items": [45]},
+            {"user_id": 3, "domain": "target_a", "items": [30, 45], "history": [{"item": 30, "behaviour": "click"}]}]
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            ready = c.get("/readyz").json()
+            assert ready["graph"] == "split" and ready["user_cache"]["max"] == 64
+            for _ in range(2):  # the second pass: user sides from the cache
+                for req in reqs:
+                    np.testing.assert_allclose(c.post("/v1/score", json=req).json()["scores"],
+                                               client.post("/v1/score", json=req).json()["scores"], atol=1e-5)
+            assert c.get("/readyz").json()["user_cache"]["hits"] >= len(reqs)
+            r = c.post("/v1/admin/reload", json={"package": str(packages[1])}, headers=auth)
+            assert r.status_code == 200, r.text
+            ready = c.get("/readyz").json()
+            assert ready["model_version"] == load_package(packages[1]).version and ready["graph"] == "split"
+            eager = Scorer.load(packages[1], "torch")
+            for req in reqs:
+                want = eager.score([ScoreQuery(req["user_id"], req["domain"], req["items"], req.get("history"))])[0]
+                np.testing.assert_allclose(c.post("/v1/score", json=req).json()["scores"], want["scores"], atol=1e-5)
+    finally:
+        srv.stop()
+
+
 def test_latency_options_do_not_change_answers(packages, client):
-    """Thread pool vs event loop, FastAPI's JSON vs orjson, with and without the history cache: same bodies."""
+    """Thread pool vs event loop, FastAPI's JSON vs orjson, with and without the history cache, the fast route
+    or FastAPI's, the split ONNX engine: same bodies."""
     from fastapi.testclient import TestClient
 
     from dacdr.serving.app import ServiceSettings, create_app
 
     req = {"user_id": 3, "domain": "target_a", "items": [30, 31, "x"]}
     expected = client.post("/v1/score", json=req).json()
-    for options in ({"inline": True, "fast_json": False, "history_cache": 0}, {"history_cache": 2}):
+    for options in ({"inline": True, "fast_json": False, "history_cache": 0}, {"history_cache": 2},
+                    {"fast_route": False}, {"engine": "onnx", "inline": True}, {"engine": "onnx", "score_threads": 1}):
         with TestClient(create_app(ServiceSettings(package=packages[0], **options))) as c:
             for _ in range(2):  # the second answer comes from the cache
                 got = c.post("/v1/score", json=req).json()
-                np.testing.assert_allclose(got.pop("scores"), expected["scores"], atol=1e-6)
+                np.testing.assert_allclose(got.pop("scores"), expected["scores"], atol=1e-5)
                 assert got == {k: v for k, v in expected.items() if k != "scores"}

@@ -94,8 +94,16 @@ def serve(
     inline: Annotated[bool, typer.Option("--inline/--threadpool",
                                          help="score on the event loop, or in a thread pool")] = False,
     fast_json: Annotated[bool, typer.Option("--fast-json/--std-json", help="orjson responses")] = True,
+    fast_route: Annotated[bool, typer.Option("--fast-route/--fastapi-route",
+                                             help="valid /v1/score bodies skip FastAPI's request machinery")] = True,
+    score_threads: Annotated[int, typer.Option(min=0, help="fast route: requests scored at once per worker "
+                                                           "(0: the default thread pool)")] = 0,
     history_cache: Annotated[int, typer.Option(min=0, help="store look-ups cached in memory (0: off)")] = 10_000,
     http: Annotated[str, typer.Option(help="HTTP parser: auto (httptools if installed), httptools or h11")] = "auto",
+    onnx_graph: Annotated[str, typer.Option(help="--engine onnx: auto (DACDR as cached user-side + candidate-side "
+                                                 "graphs when covered), split or single")] = "auto",
+    user_cache: Annotated[int, typer.Option(min=0, help="split ONNX graphs: user-side results cached in "
+                                                        "memory (0: off)")] = 2048,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch
@@ -111,16 +119,23 @@ def serve(
         max_body_bytes=max_body_bytes, admin_token=admin_token or os.environ.get("DACDR_ADMIN_TOKEN") or None,
         reload_root=reload_root, read_timeout_s=read_timeout,
         inline=inline, fast_json=fast_json, history_cache=history_cache,
+        onnx_graph=onnx_graph, user_cache=user_cache, fast_route=fast_route,  # type: ignore[arg-type]
+        score_threads=score_threads,
     )
     protocol = header_timeout_protocol(read_timeout, http)  # type: ignore[arg-type]
     torch.set_num_threads(threads)
     try:  # load, verify and warm up before binding the port: a bad package is one line and exit 2
-        scorer = Scorer.load(package_dir, settings.engine, threads, settings.history_cache)
+        scorer = Scorer.load(package_dir, settings.engine, threads, settings.history_cache, settings.onnx_graph,
+                             settings.user_cache)
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001  (whatever a package makes fail, never a traceback)
         raise ValueError(f"{package_dir}: cannot be served ({type(e).__name__}: {e})") from e
-    console.print(f"serving {package_dir} on http://{host}:{port} (engine {engine}, {workers} worker(s))")
+    from rich.markup import escape
+
+    graph = scorer.engine.info()
+    note = f", graph {graph['graph']}" + (f" ({graph['split']})" if "split" in graph else "")
+    console.print(escape(f"serving {package_dir} on http://{host}:{port} (engine {engine}{note}, {workers} worker(s))"))
     options = {"host": host, "port": port, "log_level": "warning", "timeout_keep_alive": 30,
                "limit_concurrency": 512, "http": protocol}
     if workers == 1:

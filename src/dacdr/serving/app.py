@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dacdr.package import PackageError, verify_package
-from dacdr.serving.engines import EngineName
+from dacdr.serving.engines import USER_CACHE, EngineName, OnnxGraph
 from dacdr.serving.explain import explain, refuse_unless_explainable
 from dacdr.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dacdr.serving.metrics import ServiceMetrics
@@ -73,8 +73,16 @@ class ServiceSettings:
     """score on the event loop (True) or in FastAPI's thread pool (measured faster: docs/serving.md)"""
     fast_json: bool = True
     """encode responses with orjson (True) or FastAPI's `jsonable_encoder` + `json`"""
+    fast_route: bool = True
+    """answer a valid `POST /v1/score` without FastAPI's request machinery (`_FastScore`); needs `fast_json`"""
+    score_threads: int = 0
+    """fast route: at most this many requests scored at once per worker (0: anyio's default pool of 40)"""
     history_cache: int = 10_000
     """store look-ups kept in memory (LRU); 0 reads SQLite on every request"""
+    onnx_graph: OnnxGraph = "auto"
+    """ONNX engine: DACDR as cached user-side + candidate-side graphs (`auto`, `split`) or one graph (`single`)"""
+    user_cache: int = USER_CACHE
+    """split ONNX engine: user-side results kept in memory (LRU); 0 recomputes them on every request"""
     state_dir: str | None = None
     """shared directory of a worker group (`dacdr serve --workers N`, `dacdr.serving.workers`); None: one process"""
     reload_timeout: float = 600.0
@@ -188,6 +196,58 @@ class _Limits:
             self.metrics.observe(scope.get("method", ""), path, status["code"], time.perf_counter() - t0)
 
 
+class _FastScore:
+    """Pure ASGI, inside `_Limits`: a `POST /v1/score` whose body orjson parses and `ScoreRequest` accepts is
+    scored by the route's own handler and answered with orjson, skipping FastAPI's routing, dependency solving
+    and body parsing (measured in docs/serving.md). Everything else — another route, a body orjson or the
+    schema refuses, an error while reading or scoring — is handed to the FastAPI app with the body replayed
+    exactly as it was received, so every error is answered by the same code as before (and a failed fast
+    attempt costs one more parse)."""
+
+    def __init__(self, app, handler, inline: bool, threads: int = 0):
+        self.app, self.handler, self.inline = app, handler, inline
+        self.limiter = anyio.CapacityLimiter(threads) if threads else None
+        """at most `threads` requests scored at once (others wait on the event loop); None: anyio's default pool"""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST" or not any(
+                k == b"content-type" and v.startswith(b"application/json") for k, v in scope.get("headers", ())):
+            return await self.app(scope, receive, send)
+        received: list[dict] = []
+        receive_error: BaseException | None = None
+        try:
+            while True:
+                message = await receive()
+                received.append(message)
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+        except Exception as e:  # noqa: BLE001  (the body's size limit or deadline: raised again below)
+            receive_error = e
+        if receive_error is None and received[-1]["type"] == "http.request":
+            try:
+                req = ScoreRequest.model_validate(orjson.loads(b"".join(m.get("body", b"") for m in received)))
+                result = self.handler(req) if self.inline else await anyio.to_thread.run_sync(
+                    self.handler, req, limiter=self.limiter)
+                payload = orjson.dumps(result)
+            except Exception:  # noqa: BLE001, S110  (any failure: FastAPI's route answers it as before)
+                pass
+            else:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(payload)).encode())]})
+                await send({"type": "http.response.body", "body": payload})
+                return
+
+        async def replay():
+            if received:
+                return received.pop(0)
+            if receive_error is not None:
+                raise receive_error
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 HEADER_TIMEOUT_ENV = "DACDR_HEADER_TIMEOUT_S"
 
 
@@ -296,7 +356,8 @@ class ServiceState:
         """a worker group's proposal loaded here and waiting for the commit: (generation, scorer)"""
 
     def load(self, path: Path) -> Scorer:
-        scorer = Scorer.load(path, self.settings.engine, self.settings.threads, self.settings.history_cache)
+        s = self.settings
+        scorer = Scorer.load(path, s.engine, s.threads, s.history_cache, s.onnx_graph, s.user_cache)
         attach_indexes(scorer, self.settings.retrieval, log=print)
         return scorer
 
@@ -373,6 +434,9 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     app = FastAPI(title="dacdr scoring service", lifespan=lifespan)
     app.state.service = state
     routes: set[str] = set()  # filled once the routes below exist
+    if settings.fast_route and settings.fast_json:  # inside _Limits: size limit, deadline and metrics still apply
+        app.add_middleware(_FastScore, handler=lambda req: score(req), inline=settings.inline,  # noqa: PLW0108
+                           threads=settings.score_threads)
     app.add_middleware(_Limits, settings=settings, metrics=state.metrics, routes=routes)
 
     @app.exception_handler(RequestValidationError)
@@ -516,7 +580,7 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         if scorer is None:
             return JSONResponse({"ready": False}, status_code=503)
         return JSONResponse({"ready": True, "model_version": scorer.version, "engine": scorer.engine.name,
-                             "worker": os.getpid()})
+                             "worker": os.getpid(), **scorer.engine.info()})
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -7,6 +7,7 @@ that holds a scorer finishes on it whatever happens meanwhile.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 from dacdr.data.batches import assemble, pack_histories
 from dacdr.data.features import OOV
 from dacdr.package import ModelPackage, load_package
-from dacdr.serving.engines import Engine, EngineName, make_engine
+from dacdr.serving.engines import USER_CACHE, Engine, EngineName, OnnxGraph, make_engine
 
 
 class RequestError(ValueError):
@@ -76,12 +77,19 @@ class Scorer:
         """domain -> its item pool and retrieval factors (`dacdr.serving.recommend.attach_indexes`)"""
         self.retrieval: Any = None
         """the `RetrievalConfig` those indexes were fitted with"""
+        self.broadcast_fast = getattr(engine, "broadcasts_history", False) and "user" not in pkg.model.inputs
+        """one-user inputs are built directly (`_inputs`)"""
+
+    def item_indices(self, items: list[str | int]) -> np.ndarray:
+        """Vocabulary indices of request item ids (`Vocab.lookup` over the list, in C: map, not a generator)."""
+        return np.fromiter(map(self.item_vocab.index.get, map(str, items), itertools.repeat(OOV)), np.int64,
+                           len(items))
 
     @classmethod
     def load(cls, path: str | Path, engine: EngineName = "torch", threads: int | None = None,
-             history_cache: int = 0) -> Scorer:
+             history_cache: int = 0, onnx_graph: OnnxGraph = "auto", user_cache: int = USER_CACHE) -> Scorer:
         pkg = load_package(path)
-        scorer = cls(pkg, make_engine(pkg, engine, threads))
+        scorer = cls(pkg, make_engine(pkg, engine, threads, onnx_graph, user_cache))
         if history_cache:
             scorer._history = functools.lru_cache(maxsize=history_cache)(scorer._history)
         scorer.warm_up()
@@ -155,8 +163,18 @@ class Scorer:
                 user_ids: list[str | int]) -> dict[str, np.ndarray]:
         """Model inputs for users x their candidate items (item vocabulary indices), one row per item, built by
         the training batches' own `assemble`."""
-        counts = [len(i) for i in item_idx]
         n_users = len(resolved)
+        if n_users == 1 and self.broadcast_fast:
+            # one user, history passed once: what `assemble` builds (most recent last; one masked slot when
+            # empty), without its packing
+            tokens = resolved[0].tokens
+            if len(tokens):
+                seq, mask = np.array(tokens[None], dtype=np.int64), np.ones((1, len(tokens)), dtype=np.bool_)  # writable
+            else:
+                seq, mask = np.zeros((1, 1, self.n_fields), dtype=np.int64), np.zeros((1, 1), dtype=np.bool_)
+            return {"seq": seq, "seq_mask": mask, "item": self.pkg.item_table[item_idx[0]],
+                    "domain": self.pkg.domain_table[domain_rows[0]][None]}
+        counts = [len(i) for i in item_idx]
         events, start, end = pack_histories([r.tokens for r in resolved], self.n_fields)
         length = max(1, *(len(r.tokens) for r in resolved))  # one masked slot for all-empty histories
         row_user = np.repeat(np.arange(n_users), counts)
@@ -180,7 +198,12 @@ class Scorer:
                 user_ids: list[str | int]) -> np.ndarray:
         """The engine's predictions for every (user, item) row, concatenated in order."""
         t0 = time.perf_counter()
-        preds = self.engine(self._inputs(resolved, domain_rows, item_idx, user_ids))
+        if len(resolved) > 1 and getattr(self.engine, "one_user_per_call", False):
+            # the split engine caches each user's side: one call per user reuses it (no history repeated per row)
+            preds = np.concatenate([self.engine(self._inputs([r], [d], [i], [u]))
+                                    for r, d, i, u in zip(resolved, domain_rows, item_idx, user_ids, strict=True)])
+        else:
+            preds = self.engine(self._inputs(resolved, domain_rows, item_idx, user_ids))
         self.last_inference_s = time.perf_counter() - t0
         return preds
 
@@ -188,8 +211,7 @@ class Scorer:
         """Score every query's items in one engine call; one response dict per query, items in order."""
         domain_rows = [self.domain_row(q) for q in queries]
         resolved = [self.resolve(q) for q in queries]
-        item_idx = [np.fromiter((self.item_vocab.lookup(i) for i in q.items), np.int64, len(q.items))
-                    for q in queries]
+        item_idx = [self.item_indices(q.items) for q in queries]
         preds = self.predict(resolved, domain_rows, item_idx, [q.user_id for q in queries])
         out, start = [], 0
         for q, r, idx in zip(queries, resolved, item_idx, strict=True):
