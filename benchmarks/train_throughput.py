@@ -14,7 +14,9 @@ process's peak RSS (ru_maxrss) after each batch size, and the tensor bytes a bat
 A model may carry levers after `+`: an attention form, `textbook` (DACDR's attention before the weight
 absorption: the whole sequence projected through W_K and W_V, as tests/models/test_attention_parity.py keeps it)
 or one of the intermediate forms (`absorbed`, `absorbed-lse`, `absorbed-lse-contig`: see `_staged`), without
-which the library's own form runs; `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
+which the library's own form runs (every earlier form also takes DACDR's two steps one by one); `stepwise` (the
+library's form, but DACDR's two steps taken one by one instead of fused into one pass over the sequence for the
+scores and one for the weighted means); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
 in the forward pass; not the same results).
 """
 
@@ -39,12 +41,13 @@ from dacdr.data.synthetic import generate
 from dacdr.evaluation import predict
 from dacdr.models import create_model
 from dacdr.models.attention_reference import TEXTBOOK_METHODS
+from dacdr.models.dacdr import DACDR
 from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "compile", "bf16")
+LEVERS = (*FORMS, "stepwise", "compile", "bf16")
 
 
 def peak_rss_mb() -> float:
@@ -117,10 +120,22 @@ def attention_form(form: str) -> Iterator[None]:
     for n, f in methods.items():
         setattr(CrossAttention, n, f)
     try:
-        yield
+        with stepwise():  # the fused path would bypass the patched methods
+            yield
     finally:
         for n, f in saved.items():
             setattr(CrossAttention, n, f)
+
+
+@contextlib.contextmanager
+def stepwise() -> Iterator[None]:
+    """DACDR's two steps one by one (the fused passes off) for the duration."""
+    saved = DACDR.fuse_steps
+    DACDR.fuse_steps = False
+    try:
+        yield
+    finally:
+        DACDR.fuse_steps = saved
 
 
 def parse_spec(spec: str) -> tuple[str, set[str]]:
@@ -138,6 +153,8 @@ def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStac
     stack = contextlib.ExitStack()
     for form in set(levers) & set(FORMS):
         stack.enter_context(attention_form(form))
+    if "stepwise" in levers:
+        stack.enter_context(stepwise())
     if "bf16" in levers:
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack
