@@ -55,6 +55,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # study-only probe (mechanism worlds): step 1 replaced by the world's truth, the uniform allocation over the
     # behaviours in the target's focus categories; the architecture's ceiling for a perfect domain-level step
     "ofocus": ("DACDR oracle-focus", V02),
+    # and step 2 replaced by the uniform allocation over the behaviours of the candidate's category (inside the
+    # prior: the floored step 1), the ceiling for a perfect item-level step
+    "oitem": ("DACDR oracle-item", V02),
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "id": {"value_init": "identity"},
@@ -103,6 +106,42 @@ class OracleFocusDACDR(DACDR):
             return super().attend(seq, seq_mask, item, domain)
         finally:
             del att.weights
+
+
+@register("DACDR oracle-item", family="study", order=999)
+class OracleItemDACDR(DACDR):
+    """Study probe: DACDR whose step 2 is the behaviours of the candidate's category, weighted by the prior (see
+    `oitem`); never a user-facing model."""
+
+    def __init__(self, spec: Any, category_field: int = 1, item_category: int = 1, **params: Any):
+        super().__init__(spec, **params)
+        self.params |= {"category_field": category_field, "item_category": item_category}
+        self.category_field, self.item_category = category_field, item_category
+
+    def attend(self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor,
+               domain: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = item.shape[0]
+        same = (seq[..., self.category_field].expand(b, -1) == item[:, self.item_category:self.item_category + 1])
+        same = same & seq_mask.expand(b, -1)
+        att = self.item_attention
+        fuse = self.fuse_steps
+        self.fuse_steps = False  # the probe replaces the step's own method
+
+        def weights_and_mass(q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                             log_prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            prior = log_prior.exp() if log_prior is not None else mask.float().expand(b, -1)
+            w = prior * same.float()
+            w = torch.where(same.any(1, keepdim=True), w, prior * mask.float())  # none of its category: the prior
+            w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+            weights = w[:, None, None, :].expand(-1, att.heads, q.shape[1], -1)
+            return weights, torch.zeros(b, att.heads, q.shape[1], dtype=w.dtype, device=w.device)
+
+        att.weights_and_mass = weights_and_mass
+        try:
+            return super().attend(seq, seq_mask, item, domain)
+        finally:
+            del att.weights_and_mass
+            self.fuse_steps = fuse
 
 
 def variant(label: str) -> tuple[str, dict[str, Any]]:
@@ -161,6 +200,9 @@ def run(args: argparse.Namespace) -> None:
                 continue
             name, params = variant(label)
             params.setdefault("dim", dim)
+            if name == "DACDR oracle-item":
+                params |= {"category_field": prepared.spec.sequence_fields.index("category"),
+                           "item_category": prepared.spec.item_fields.index("category")}
             if name == "DACDR oracle-focus":
                 cats = prepared.vocabs["category"]
                 params |= {"focus_field": prepared.spec.sequence_fields.index("category"),
