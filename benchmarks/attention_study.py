@@ -102,10 +102,13 @@ class OracleFocusDACDR(DACDR):
         w = rel.float() / rel.float().sum(1, keepdim=True).clamp_min(1.0)
         att = self.domain_attention
         att.weights = lambda q, *a, **k: w[:, None, None, :].expand(-1, att.heads, q.shape[1], -1)
+        fuse = self.fuse_steps
+        self.fuse_steps = False  # the probe replaces the step's own method
         try:
             return super().attend(seq, seq_mask, item, domain)
         finally:
             del att.weights
+            self.fuse_steps = fuse
 
 
 @register("DACDR oracle-item", family="study", order=999)
@@ -137,10 +140,11 @@ class OracleItemDACDR(DACDR):
             return weights, torch.zeros(b, att.heads, q.shape[1], dtype=w.dtype, device=w.device)
 
         att.weights_and_mass = weights_and_mass
+        att.weights = lambda *a, **k: weights_and_mass(*a, **k)[0]
         try:
             return super().attend(seq, seq_mask, item, domain)
         finally:
-            del att.weights_and_mass
+            del att.weights_and_mass, att.weights
             self.fuse_steps = fuse
 
 

@@ -237,14 +237,19 @@ class DACDR(RecModel):
             if self.match_bonus is not None:
                 bonus = (self.match_bonus[None, :, None] * field_hit_matrix(*emb.item_ids(seq, item), seq_mask)).sum(1)
                 log_prior = bonus if log_prior is None else log_prior + bonus
+            # the normaliser only when the predictor reads it (`mass_feature`)
             if fuse:
-                a_i, log_mass = ia.weights_from_scores(logits[:, md:], keys, seq_mask, log_prior, True)
-            else:
+                a_i, log_mass = ia.weights_from_scores(logits[:, md:], keys, seq_mask, log_prior, self.mass_feature)
+            elif self.mass_feature:
                 a_i, log_mass = ia.weights_and_mass(e_i, keys, seq_mask, log_prior)
-            out["log_mass"] = log_mass.mean(1)  # [B, n]
+            else:
+                a_i, log_mass = ia.weights(e_i, keys, seq_mask, log_prior), None
+            if log_mass is not None:
+                out["log_mass"] = log_mass.mean(1)  # [B, n]
         else:
             a_i = alpha[:, None, None, :].expand(-1, 1, e_i.shape[1], -1)
-            out["log_mass"] = torch.zeros(alpha.shape[0], e_i.shape[1], dtype=s.dtype, device=s.device)
+            if self.mass_feature:
+                out["log_mass"] = torch.zeros(alpha.shape[0], e_i.shape[1], dtype=s.dtype, device=s.device)
         out["A_i"] = a_i
         offered = None
         if fuse:
