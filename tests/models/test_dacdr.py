@@ -328,6 +328,24 @@ def test_uniform_count_weights_give_every_variant_the_same_counts(handmade_prepa
         torch.testing.assert_close(h, hits[0])
 
 
+def test_domain_count_weights_use_step_ones_allocation(handmade_prepared, batch):
+    """`count_weights="domain"`: the counts are weighted by alpha, whatever step 2 selects."""
+    from dacdr.models.dacdr import field_hits
+
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, count_weights="domain").eval()
+    with torch.no_grad():
+        model.item_attention.w_q.weight.mul_(50.0)  # a sharp step 2 must not move the counts
+        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+    n = parts["E_i"].shape[1]
+    w = parts["alpha"][:, None, :].expand(-1, n, -1)
+    expected = field_hits(*model.embeddings.item_ids(batch["seq"], batch["item"]), batch["seq_mask"], w)
+    torch.testing.assert_close(parts["hits"], expected)
+    assert not torch.allclose(parts["A_i"].mean(1), w)
+    with pytest.raises(ValueError, match="count_weights"):
+        create_model("DACDR", handmade_prepared.spec, count_weights="items")
+
+
 def test_cosine_scores_are_the_scaled_cosine_and_ignore_the_keys_length():
     """`score="cosine"`: logits = g_h cos(q W_Q,h, k W_K,h)... taken in token space: g_h cos(query M_h, key), g_h
     learnt (starts at `cosine_scale`); scaling a key does not change its weight."""

@@ -64,6 +64,7 @@ VARIANTS = [
     ("DACDR (paper)", {}),
     ("DACDR", {"mass_feature": True, "domain_mass_feature": True, "position_keys": True, "temperature": 0.5}),
     ("DACDR", {"count_weights": "uniform", "match_on": "values"}),
+    ("DACDR", {"count_weights": "domain"}),
     ("DACDR w/o DA", {"mass_feature": True}),
     ("DACDR w/o IA", {"ablation": "drop"}),
     ("DACDR w/o DA&IA", {"ablation": "drop", "match_on": "values"}),

@@ -61,7 +61,8 @@ class DACDR(RecModel):
     ``position_keys`` adds a learnt code of each behaviour's recency (0 = most recent) to the keys of both
     steps; ``temperature`` < 1 sharpens both steps' softmax; ``match_counts`` gives the predictor, per candidate field,
     the step-2-weighted share (and log count) of the behaviours with the candidate's item, category, brand
-    (``count_weights="uniform"``: the plain share and count, the same for every variant);
+    (``count_weights="uniform"``: the plain share and count, the same for every variant; ``"domain"``: weighted by
+    step 1's allocation, so that step 2 selects for the match alone);
     ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high);
     ``attention_score="cosine"`` scores by the cosine of query map and token times a learnt per-head scale;
     ``prior_floor`` mixes step 2's prior with the uniform allocation by a learnt share; ``match_bonus`` adds a
@@ -93,7 +94,7 @@ class DACDR(RecModel):
         temperature: float = 0.25,
         mass_feature: bool = False,
         match_counts: bool = True,
-        count_weights: Literal["attention", "uniform"] = "attention",
+        count_weights: Literal["attention", "domain", "uniform"] = "attention",
         domain_mass_feature: bool = False,
         attention_score: Literal["dot", "cosine"] = "dot",
         cosine_scale: float = 10.0,
@@ -153,8 +154,8 @@ class DACDR(RecModel):
         self.mass_feature = mass_feature
         # (lever, docs/models.md) per candidate field, how much of the history shares the candidate's value
         # (its item, category, brand), weighted by step 2's allocation: the share and log(1 + count).
-        if count_weights not in ("attention", "uniform"):
-            raise ValueError(f"unknown count_weights {count_weights!r}: expected 'attention' or 'uniform'")
+        if count_weights not in ("attention", "domain", "uniform"):
+            raise ValueError(f"unknown count_weights {count_weights!r}: expected 'attention', 'domain' or 'uniform'")
         self.match_counts, self.count_weights = match_counts, count_weights
         pred_in = user_dim + n * dim * (2 if match_features else 1) + (n if mass_feature else 0)
         pred_in += 2 * n if match_counts else 0
@@ -266,7 +267,12 @@ class DACDR(RecModel):
 
         a_mean = a_i.mean(1)  # [B, n, L]: step 2's allocation per candidate token
         if self.match_counts:
-            w = a_mean if self.count_weights == "attention" else uniform[:, 0].expand(-1, e_i.shape[1], -1)
+            if self.count_weights == "attention":
+                w = a_mean
+            elif self.count_weights == "domain":
+                w = alpha[:, None, :].expand(-1, e_i.shape[1], -1)
+            else:
+                w = uniform[:, 0].expand(-1, e_i.shape[1], -1)
             out["hits"] = field_hits(*emb.item_ids(seq, item), seq_mask, w)
 
         if self.match_on == "tokens":

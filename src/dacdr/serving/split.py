@@ -202,7 +202,9 @@ class UserSide(nn.Module):
             out["ids"] = torch.where(seq_mask[0][None] & (ids > OOV), ids, torch.full_like(ids, -1))
             out["valid"] = valid
             if not (model.use_ia and model.count_weights == "attention"):
-                alpha = parts["alpha"][0] if model.count_weights == "attention" else keep / valid.clamp_min(1.0)
+                # step 2 = alpha without an item-level step; "domain": alpha by choice; "uniform": the plain share
+                alpha = (parts["alpha"][0] if model.count_weights in ("attention", "domain")
+                         else keep / valid.clamp_min(1.0))
                 out["count_w"] = alpha  # [L]: fixed weights of the count features
         return tuple(out[name] for name in user_output_names(model))
 
