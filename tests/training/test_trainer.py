@@ -74,21 +74,27 @@ def test_best_checkpoint_round_trip(handmade_prepared, tmp_path):
     assert score == pytest.approx(history[best_epoch]["valid_score"], abs=1e-6)
 
 
+def _crash_in_epoch(monkeypatch, n: int):
+    """Make the n-th training epoch raise KeyboardInterrupt (an interrupted run); returns the real epoch method."""
+    real_epoch = Trainer._train_epoch
+    calls = {"n": 0}
+
+    def crash(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash)
+    return real_epoch
+
+
 def test_resume_after_interruption_replays_exactly(handmade_prepared, tmp_path, monkeypatch):
     full = _trainer(handmade_prepared, tmp_path / "full", epochs=3, patience=10)
     full.fit()
 
     interrupted = _trainer(handmade_prepared, tmp_path / "cut", epochs=3, patience=10)
-    real_epoch = Trainer._train_epoch
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_epoch(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_on_third)
+    real_epoch = _crash_in_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
@@ -115,16 +121,7 @@ def test_checkpoint_every_n_epochs_still_resumes_exactly(handmade_prepared, tmp_
     assert len(json.loads((tmp_path / "full" / "history.json").read_text())) == 4
 
     cut = _trainer(handmade_prepared, tmp_path / "cut", epochs=4, patience=10, checkpoint_every=2)
-    real_epoch = Trainer._train_epoch
-    calls = {"n": 0}
-
-    def crash(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == crash_at:
-            raise KeyboardInterrupt
-        return real_epoch(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", crash)
+    real_epoch = _crash_in_epoch(monkeypatch, crash_at)
     with pytest.raises(KeyboardInterrupt):
         cut.fit()
     monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
