@@ -190,20 +190,32 @@ class CrossAttention(nn.Module):
 
     def query_rows(self, query: torch.Tensor) -> torch.Tensor:
         """[B, m, k] queries -> [B, m h, k] rows (query, head) to take against the raw keys (`scores_over`)."""
-        if self.w_q is None or self.w_k is None:
-            raise RuntimeError("this attention has no scoring path (scores=False): pass its weights")
         b, m, k = query.shape
         h = self.heads
         # q_h . (W_K,h s_l) == (query M_h) . s_l with M_h = W_Q,h^T W_K,h [k, k]: the projections are absorbed
         # into the m queries and the logits are taken against the raw keys, so the B x L x k sequence is never
         # projected (the textbook form's weights up to float rounding: tests/models/test_attention_parity.py).
-        w_q, w_k = self.w_q.weight.view(h, self.head_dim, k), self.w_k.weight.view(h, self.head_dim, k)
-        q_map = (w_q.transpose(1, 2) @ w_k * self.scale).transpose(0, 1).reshape(k, h * k)  # [k, h k]
-        qk = (query @ q_map).view(b, m * h, k)  # rows (query, head)
+        qk = (query @ self.query_map().reshape(k, h * k)).view(b, m * h, k)  # rows (query, head)
         if self.log_scale is not None:  # cosine: unit query maps (times the head's scale) against unit keys
             gain = self.log_scale.exp().repeat(m)[:, None]  # rows (query, head): head fastest
             qk = qk * (gain / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return qk
+
+    def query_map(self) -> torch.Tensor:
+        """[k, h, k]: per head, ``M_h = W_Q,h^T W_K,h`` times the softmax scale (``query @ M_h`` is taken against
+        the raw keys)."""
+        if self.w_q is None or self.w_k is None:
+            raise RuntimeError("this attention has no scoring path (scores=False): pass its weights")
+        k, h = self.w_q.weight.shape[1], self.heads
+        w_q, w_k = self.w_q.weight.view(h, self.head_dim, k), self.w_k.weight.view(h, self.head_dim, k)
+        return (w_q.transpose(1, 2) @ w_k * self.scale).transpose(0, 1)
+
+    def value_map(self) -> torch.Tensor:
+        """[h, k, k]: per head, ``N_h = (W_O,h W_V,h)^T`` (a weighted mean of the raw tokens times N_h is the
+        head's output)."""
+        k, h = self.w_v.weight.shape[1], self.heads
+        w_v, w_o = self.w_v.weight.view(h, self.head_dim, k), self.w_o.weight.view(k, h, self.head_dim)
+        return (w_o.transpose(0, 1) @ w_v).transpose(1, 2)
 
     def weights_from_scores(
         self,
@@ -251,8 +263,7 @@ class CrossAttention(nn.Module):
         the value map: -> [B, m, k]."""
         b, m, _, k = pooled.shape
         h = self.heads
-        w_v, w_o = self.w_v.weight.view(h, self.head_dim, k), self.w_o.weight.view(k, h, self.head_dim)
-        v_map = (w_o.transpose(0, 1) @ w_v).transpose(1, 2)  # [h, k, k]: N_h
+        v_map = self.value_map()
         # one allocation for every head (hw = 1): its average serves each head (no branch: traces stay general)
         return pooled.expand(-1, -1, h, -1).reshape(b, m, h * k) @ v_map.reshape(h * k, k)
 

@@ -102,20 +102,6 @@ def _cosine(att: nn.Module) -> bool:
     return getattr(att, "log_scale", None) is not None
 
 
-def _value_maps(att: nn.Module) -> torch.Tensor:
-    """[h, k, k]: the step's value map per head, ``N_h = (W_O,h W_V,h)^T`` (as `CrossAttention.values`)."""
-    k, h, hd = att.w_v.weight.shape[1], att.heads, att.head_dim
-    w_v, w_o = att.w_v.weight.view(h, hd, k), att.w_o.weight.view(k, h, hd)
-    return (w_o.transpose(0, 1) @ w_v).transpose(1, 2).detach()
-
-
-def _query_map(att: nn.Module) -> torch.Tensor:
-    """[k, h, k]: the step's query-key map with its scale (``query @ q_map`` against the raw keys)."""
-    k, h, hd = att.w_q.weight.shape[1], att.heads, att.head_dim
-    w_q, w_k = att.w_q.weight.view(h, hd, k), att.w_k.weight.view(h, hd, k)
-    return (w_q.transpose(1, 2) @ w_k * att.scale).transpose(0, 1).detach()  # [k, h, k]
-
-
 class _Layout:
     """Column offsets of the encoder's and the predictor's inputs, in `DACDR.forward`'s order."""
 
@@ -168,7 +154,7 @@ class UserSide(nn.Module):
             # step 2's logits: E_i (Q K^T) + bias, per head: kmat [k, h L], bias [h L]
             keys = s if model.positions is None else s + model.positions(
                 recency_index(seq_mask).clamp_max(model.spec.max_len - 1))[0]
-            q_map = _query_map(model.item_attention)  # [k, h, k]
+            q_map = model.item_attention.query_map().detach()  # [k, h, k]
             out["kmat"] = (q_map @ keys.t()).reshape(k, -1)  # [k, h L]
             if _cosine(model.item_attention):  # cosine scores: the keys enter at unit length
                 out["kmat"] = (out["kmat"].view(k, h, -1) / keys.norm(dim=-1).clamp_min(1e-6)).reshape(k, -1)
@@ -223,7 +209,7 @@ class CandidateSide(nn.Module):
         enc0, pred0 = model.encoder[0], model.predictor[0]
         if model.use_ia:
             # pooled [n h k] -> [encoder's H_i part (H1) | offered (n k)]
-            n_map = _value_maps(model.item_attention)  # [h, k, k]
+            n_map = model.item_attention.value_map().detach()  # [h, k, k]
             blocks = []
             w_hi = enc0.weight[:, lay.enc_hi: lay.enc_hi + n * k].detach().view(-1, n, k)  # [H1, n, k]
             enc_part = torch.einsum("hdc,ejc->jhde", n_map, w_hi).reshape(n * h * k, -1)  # [(j h d), H1]
@@ -236,7 +222,7 @@ class CandidateSide(nn.Module):
             self.h1 = enc_part.shape[1]
             self.cosine = _cosine(model.item_attention)
             if self.cosine:
-                self.register_buffer("q_map", _query_map(model.item_attention).reshape(k, h * k))
+                self.register_buffer("q_map", model.item_attention.query_map().detach().reshape(k, h * k))
                 self.register_buffer("gain", model.item_attention.log_scale.detach().exp())
         # the predictor's first layer on the candidate-dependent columns only (the rest is in pred_bias)
         cols = [c for name, c in lay.pred.items() if name != "log_mass_d" and (name != "user" or model.use_ia)]
