@@ -8,7 +8,9 @@ epoch on validation (the trainer's rule); the test metrics are read only for the
     python benchmarks/attention_study.py --report study.jsonl --baseline pool
 
 Worlds: `demo`, `industrial` (the presets, at the demo's and the bench's budgets), `mechanism` and
-`mechanism-s<STRENGTH>` (the mechanism preset at another strength; s0 is the same people without it).
+`mechanism-s<STRENGTH>` (the mechanism preset at another strength; s0 is the same people without it) and
+`mechanism-i<WEIGHT>[-b<SPREAD>][-best]` (the preset with another weight of the item-level part, the preset's is
+1, optionally the brands' share of the item style moved to the items, and the best match as the item-level part).
 """
 
 from __future__ import annotations
@@ -168,6 +170,21 @@ def world(name: str, root: Path) -> tuple[Path, DataConfig, TrainConfig, int]:
         if name.startswith("mechanism-s"):
             strength = float(name.removeprefix("mechanism-s"))
             synth = get_preset("mechanism", mechanism={"strength": strength})
+        elif name.startswith("mechanism-i"):
+            # The item-level part's weight (the preset's is 1): how much step 2's selection is worth; `-b<S>`
+            # moves the items' style residual from their brand to the item itself (brand spread S, the item
+            # spread raised to keep the residual's variance), so that brand matches no longer reveal it.
+            # `-best`: the item-level part is the best match instead of the mean similarity.
+            weight, *opts = name.removeprefix("mechanism-i").split("-")
+            brand = next((o[1:] for o in opts if o.startswith("b") and o != "best"), "")
+            mech: dict[str, Any] = {"item_weight": float(weight)} | ({"item_part": "best"} if "best" in opts else {})
+            overrides: dict[str, Any] = {"mechanism": mech}
+            if brand:
+                base = get_preset("mechanism")
+                total = base.brand_latent_noise**2 + base.item_latent_noise**2
+                overrides |= {"brand_latent_noise": float(brand),
+                              "item_latent_noise": math.sqrt(total - float(brand) ** 2)}
+            synth = get_preset("mechanism", **overrides)
         else:
             synth = get_preset(name)
         _, train = demo_settings(quick=False)

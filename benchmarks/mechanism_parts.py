@@ -11,7 +11,8 @@ plus variants of the term:
 - D only, I only;
 - no recency: both parts with every behaviour of the window weighted alike;
 - unselected: the focus-masked style (for D) or the same-category-masked similarity (for I) averaged over *every*
-  behaviour, i.e. without dividing by the size of the relevant subset: what a pooled mean of the history can give.
+  behaviour, i.e. without dividing by the size of the relevant subset: what a pooled mean of the history can give
+  (with `item_part="best"`, I unselected is the best match over every behaviour, whatever its category).
 
     python benchmarks/mechanism_parts.py DATASET_DIR        # e.g. a world generated with `dacdr generate mechanism`
 """
@@ -70,7 +71,18 @@ def parts(root: Path) -> list[dict[str, float]]:
         same = topic == world.item_topic[item][:, None]
         sim = np.einsum("nwj,nj->nw", world.item_residual[ev], world.item_residual[item])
         s, dw, iw = mech.strength, mech.domain_weight, mech.item_weight
-        d_exact, i_exact = _weighted_mean(style, rec * focus), 2 * _weighted_mean(sim, rec * same)
+        d_exact = _weighted_mean(style, rec * focus)
+        def item_term(weights: np.ndarray, keep: np.ndarray, sim: np.ndarray = sim) -> np.ndarray:
+            if mech.item_part == "best":  # the best match: the largest recency-weighted similarity
+                best = np.where(keep & (weights > 0), weights * sim, -np.inf).max(axis=1)
+                return 2 * np.where(np.isfinite(best), best, 0.0)
+            return 2 * _weighted_mean(sim, weights * keep)
+
+        i_exact = item_term(rec, same)
+        # mean: the same-category similarities averaged over every behaviour (a pooled mean cannot divide by
+        # the subset's size); best: the best match over every behaviour, whatever its category
+        i_unselected = (item_term(rec, valid) if mech.item_part == "best"
+                        else 2 * _weighted_mean(sim * same, rec))
         p = np.clip(test["p_plugin"].to_numpy(), 1e-12, 1 - 1e-12)
         base = np.log(p / (1 - p))
         y = test["label"].to_numpy()
@@ -82,11 +94,10 @@ def parts(root: Path) -> list[dict[str, float]]:
             "+ D only": base + s * dw * d_exact,
             "+ I only": base + s * iw * i_exact,
             "+ term without recency": base + s * (dw * _weighted_mean(style, flat * focus)
-                                                  + iw * 2 * _weighted_mean(sim, flat * same)),
+                                                  + iw * item_term(flat, same)),
             "+ term, D unselected": base + s * (dw * _weighted_mean(style * focus, rec) + iw * i_exact),
-            "+ term, I unselected": base + s * (dw * d_exact + iw * 2 * _weighted_mean(sim * same, rec)),
-            "+ term, both unselected": base + s * (dw * _weighted_mean(style * focus, rec)
-                                                   + iw * 2 * _weighted_mean(sim * same, rec)),
+            "+ term, I unselected": base + s * (dw * d_exact + iw * i_unselected),
+            "+ term, both unselected": base + s * (dw * _weighted_mean(style * focus, rec) + iw * i_unselected),
         }
         row = {"target": name, "rows": float(len(y))} | {k: auc(y, v) for k, v in scores.items()}
         out.append(row)

@@ -31,6 +31,7 @@ def worlds(tmp_path_factory) -> dict[str, Path]:
     return {
         "on": generate("mechanism-tiny", root / "on", seed=0),
         "off": generate(get_preset("mechanism-tiny", mechanism={"strength": 0.0}), root / "off", seed=0),
+        "best": generate(get_preset("mechanism-tiny", mechanism={"item_part": "best"}), root / "best", seed=0),
     }
 
 
@@ -76,16 +77,19 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def test_mechanism_term_is_a_function_of_the_visible_sequence(worlds) -> None:
+@pytest.mark.parametrize("variant", ["on", "best"])
+def test_mechanism_term_is_a_function_of_the_visible_sequence(worlds, variant) -> None:
     """logit(p_on) - logit(p_off) - the recomputed term is one constant per target (the change of the
-    calibrated bias), i.e. the term depends on nothing but the last `window` source behaviours before τ."""
-    on, off = (pl.read_parquet(worlds[k] / "interactions" / "*.parquet") for k in ("on", "off"))
+    calibrated bias), i.e. the term depends on nothing but the last `window` source behaviours before τ
+    (`best`: the item-level part is the best match instead of the mean similarity)."""
+    on, off = (pl.read_parquet(worlds[k] / "interactions" / "*.parquet") for k in (variant, "off"))
     assert on.select("user", "item", "timestamp").equals(off.select("user", "item", "timestamp"))
-    meta = json.loads((worlds["on"] / "dataset.json").read_text())["generator"]
+    meta = json.loads((worlds[variant] / "dataset.json").read_text())["generator"]
     cfg = synthetic.SyntheticConfig.model_validate(meta["config"])
     world = synthetic_world.build_world(cfg, meta["seed"])
     mech = cfg.mechanism
-    prepared = prepare(load_dataset(worlds["on"]), max_len=mech.window)
+    assert mech.item_part == ("best" if variant == "best" else "mean")
+    prepared = prepare(load_dataset(worlds[variant]), max_len=mech.window)
     s, ev = prepared.samples, prepared.events
     item_ids = np.asarray(prepared.vocabs["item"].values).astype(np.int64)  # vocab values are strings
     domains = prepared.vocabs["domain"]
@@ -104,7 +108,12 @@ def test_mechanism_term_is_a_function_of_the_visible_sequence(worlds) -> None:
             dom = (w * focus * world.item_style[d][hist]).sum() / (w * focus).sum() if focus.any() else 0.0
             same = topics == world.item_topic[cand]
             sim = world.item_residual[hist] @ world.item_residual[cand]
-            itm = 2 * (w * same * sim).sum() / (w * same).sum() if same.any() else 0.0
+            if not same.any():
+                itm = 0.0
+            elif mech.item_part == "best":
+                itm = 2 * (w * sim)[same].max()
+            else:
+                itm = 2 * (w * same * sim).sum() / (w * same).sum()
             expected.append(mech.strength * (mech.domain_weight * dom + mech.item_weight * itm))
         diff = _logit(on["p_true"].to_numpy()[rows]) - _logit(off["p_true"].to_numpy()[rows]) - np.array(expected)
         assert np.ptp(diff) < 1e-6, name

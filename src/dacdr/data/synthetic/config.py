@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -150,6 +150,13 @@ class MechanismConfig(_Frozen):
         description="weight of the item-level part: twice the recency-weighted mean cosine similarity of the "
         "candidate's style (latent minus its topic centroid) with her behaviours of the candidate's category; "
         "about +1 when they are of the candidate's brand, 0 when she has none",
+    )
+    item_part: Literal["mean", "best"] = Field(
+        "mean",
+        description="how the item-level part reads the candidate's category in her history: 'mean' = the "
+        "recency-weighted mean similarity (above); 'best' = the best match, twice the largest recency-weighted "
+        "similarity (recency weight x cosine) among those behaviours, 0 when she has none — a maximum, which "
+        "no count of shared fields and no pooled mean of the history can give",
     )
     recency_half_life: float | None = Field(
         None,

@@ -251,9 +251,13 @@ def _history_terms(
                         pos.shape) * valid
     focus_w = w * world.focus_set[d][ev_topic]
     domain_part = _weighted_mean(world.item_style[d][ev_item], focus_w)
-    same_w = w * (ev_topic == cand_topic[:, None])
+    same = (ev_topic == cand_topic[:, None]) & valid
     similarity = np.einsum("nwj,nj->nw", world.item_residual[ev_item], world.item_residual[item])
-    item_part = 2.0 * _weighted_mean(similarity, same_w)
+    if mech.item_part == "best":
+        best = np.where(same, w * similarity, -np.inf).max(axis=1)
+        item_part = 2.0 * np.where(np.isfinite(best), best, 0.0)
+    else:
+        item_part = 2.0 * _weighted_mean(similarity, w * same)
     return mech.strength * (mech.domain_weight * domain_part + mech.item_weight * item_part), plugin
 
 
