@@ -16,7 +16,9 @@ absorption: the whole sequence projected through W_K and W_V, as tests/models/te
 or one of the intermediate forms (`absorbed`, `absorbed-lse`, `absorbed-lse-contig`: see `_staged`), without
 which the library's own form runs (every earlier form also takes DACDR's two steps one by one); `stepwise` (the
 library's form, but DACDR's two steps taken one by one instead of fused into one pass over the sequence for the
-scores and one for the weighted means); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
+scores and one for the weighted means); `graph-scoring` (both steps fused, but their scoring left to autograd's
+graph of small ops instead of the one function with a hand-written backward, layers._TwoStepAttention);
+`compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
 in the forward pass; not the same results).
 """
 
@@ -47,7 +49,7 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "compile", "bf16")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile", "bf16")
 
 
 def peak_rss_mb() -> float:
@@ -128,6 +130,17 @@ def attention_form(form: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def class_flag(name: str, value: bool) -> Iterator[None]:
+    """A DACDR class switch set for the duration."""
+    saved = getattr(DACDR, name)
+    setattr(DACDR, name, value)
+    try:
+        yield
+    finally:
+        setattr(DACDR, name, saved)
+
+
+@contextlib.contextmanager
 def stepwise() -> Iterator[None]:
     """DACDR's two steps one by one (the fused passes off) for the duration."""
     saved = DACDR.fuse_steps
@@ -155,6 +168,8 @@ def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStac
         stack.enter_context(attention_form(form))
     if "stepwise" in levers:
         stack.enter_context(stepwise())
+    if "graph-scoring" in levers:
+        stack.enter_context(class_flag("fused_core", False))
     if "bf16" in levers:
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack

@@ -212,3 +212,102 @@ def test_dacdr_matches_the_textbook_attention(name, params, handmade_prepared, b
     empty = ~batch["seq_mask"].any(1)
     if "A_i" in fast_out:
         assert torch.all(fast_out["A_i"][empty] == 0)
+
+
+def _two_step_textbook(q, s, mask, mix, md, mass_d, mass_i):
+    """Both steps as autograd ops, the textbook way (masked_fill, softmax, logsumexp): the reference for
+    layers.two_step_attention."""
+    keep = mask[:, None, :]
+    logits = (q @ s.transpose(1, 2)).masked_fill(~keep, -1e9)
+    w_d = torch.softmax(logits[:, :md], -1) * keep
+    alpha = w_d.mean(1)
+    uniform = mask.to(s.dtype) / mask.sum(1, keepdim=True).clamp_min(1)
+    prior = alpha if mix is None else (1 - mix) * alpha + mix * uniform
+    x_i = logits[:, md:] + torch.log(prior.clamp_min(1e-12))[:, None, :]
+    w_i = torch.softmax(x_i, -1) * keep
+    w = torch.cat([w_d, w_i], dim=1)
+    valid = mask.sum(1, keepdim=True) > 0
+    lm_d = torch.logsumexp(logits[:, :md], -1) - torch.log(mask.to(s.dtype).sum(1, keepdim=True).clamp_min(1))
+    lm_i = torch.logsumexp(x_i, -1)
+    return (w @ s, w, alpha, torch.where(valid, lm_d, 0.0) if mass_d else None,
+            torch.where(valid, lm_i, 0.0) if mass_i else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("floor", [True, False])
+@pytest.mark.parametrize("mass", [(False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("sharpness", [1.0, 4.0])  # 4: as temperature 0.25 scales the scores
+def test_two_step_attention_matches_autograd(dtype, floor, mass, sharpness):
+    """The one-function scoring of both steps (a hand-written backward) against the same maths as plain autograd
+    ops: outputs, log-masses and the gradients of the query rows, the sequence and the prior floor's share, with
+    full, padded and empty histories. Float64: to 1e-10 (the algebra); float32: float noise."""
+    from dacdr.models.layers import two_step_attention
+
+    b, length, k, md, mn = 6, 9, 8, 6, 4
+    gen = torch.Generator().manual_seed(int(sharpness) + 10 * floor)
+    q = (torch.randn(b, md + mn, k, generator=gen) * sharpness).to(dtype)
+    s = torch.randn(b, length, k, generator=gen).to(dtype)
+    mask = torch.rand(b, length, generator=gen) < 0.6
+    mask[0], mask[1], mask[2, :-1] = True, False, False  # full, empty, one behaviour
+    logit = torch.tensor(-1.0, dtype=dtype)
+    results = []
+    for fn in (two_step_attention, _two_step_textbook):
+        leaves = [t.detach().requires_grad_() for t in (q, s, logit)]
+        mix = torch.sigmoid(leaves[2]) if floor else None
+        outs = fn(leaves[0], leaves[1], mask, mix, md, *mass)
+        gen = torch.Generator().manual_seed(5)
+        kept = [o for o in outs if o is not None]
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=dtype)).sum() for o in kept)
+        loss.backward()
+        results.append(([o.detach() for o in kept], [t.grad for t in leaves]))
+    (got, got_g), (want, want_g) = results
+    assert len(got) == len(want) == 3 + sum(mass)
+    for a, w in zip(got, want, strict=True):
+        assert torch.isfinite(a).all()
+        _close(a, w, dtype)
+    for a, w in zip(got_g, want_g, strict=True):
+        if w is None:  # no floor: its share has no gradient
+            assert a is None and not floor
+            continue
+        _close(a, w, dtype)
+    pooled, w, alpha = got[:3]
+    assert torch.all(w[1] == 0) and torch.all(pooled[1] == 0) and torch.all(alpha[1] == 0)  # the empty history
+    assert torch.all(w[:, :, ~mask[0]] == 0) if not mask[0].all() else True
+    assert torch.all(w.masked_select(~mask[:, None, :].expand_as(w)) == 0)  # padding: zero weight
+
+
+@pytest.mark.parametrize("params", [{}, {"temperature": 1.0, "prior_floor": False}, {"temperature": 0.3},
+                                    {"mass_feature": True, "domain_mass_feature": True}, {"heads": 4},
+                                    {"match_on": "values", "match_counts": False}])
+def test_fused_scoring_equals_the_graph_and_the_steps(params, handmade_prepared, batch, monkeypatch):
+    """Training's one-function scoring of both steps (DACDR.fused_core) against autograd's graph of the same fused
+    steps and against the steps one by one: the same outputs and every parameter's gradient (the batch has
+    empty histories and padded rows)."""
+    import dacdr.models.dacdr as dacdr_module
+
+    calls = []
+    real = dacdr_module.two_step_attention
+    monkeypatch.setattr(dacdr_module, "two_step_attention", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, **params)
+    for part in (model.embeddings, model.domain_attention, model.item_attention):
+        _peaky(part, seed=4)
+    if model.prior_logit is not None:
+        with torch.no_grad():
+            model.prior_logit.fill_(-0.5)
+    core_out, core_grads = _model_outputs(model, batch)
+    assert calls, "the one-function path was not taken"
+    monkeypatch.setattr(DACDR, "fused_core", False)
+    graph_out, graph_grads = _model_outputs(model, batch)
+    monkeypatch.setattr(DACDR, "fuse_steps", False)
+    step_out, step_grads = _model_outputs(model, batch)
+    assert len(calls) == 1
+    for other_out, other_grads in ((graph_out, graph_grads), (step_out, step_grads)):
+        assert core_out.keys() == other_out.keys() and core_grads.keys() == other_grads.keys()
+        for key in other_out:
+            assert torch.isfinite(core_out[key]).all(), key
+            _close(core_out[key], other_out[key], what=key)
+        for key in other_grads:
+            _close(core_grads[key], other_grads[key], what=f"grad {key}")
+    if model.prior_logit is not None:
+        assert "prior_logit" in core_grads and core_grads["prior_logit"].abs() > 0

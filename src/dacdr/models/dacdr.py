@@ -25,6 +25,7 @@ from dacdr.models.layers import (
     pool_over,
     recency_index,
     scores_over,
+    two_step_attention,
     uniform_weights,
 )
 from dacdr.models.registry import register
@@ -75,6 +76,8 @@ class DACDR(RecModel):
     broadcasts_history = True
     # both steps' sequence products in one pass each when training (off: step by step, e.g. for a reference)
     fuse_steps = True
+    # ... and the default model's scoring of both steps in one autograd function (off: autograd's graph of it)
+    fused_core = True
 
     def __init__(
         self,
@@ -205,57 +208,78 @@ class DACDR(RecModel):
         fuse = (self.fuse_steps and self.use_da and self.use_ia and e_d.shape[0] == e_i.shape[0]
                 and not plain_graph())
         da, ia = self.domain_attention, self.item_attention
-        if fuse:
+        # The default model's scoring in one autograd function (layers._TwoStepAttention): a hand-written
+        # backward in one pass per step, one product for the sequence's gradient. Levers it does not cover
+        # (position keys, cosine scores, the match bonus, autocast) take the graph below.
+        core = (fuse and self.fused_core and self.positions is None and self.match_bonus is None
+                and da.log_scale is None and not torch.is_autocast_enabled(s.device.type))
+        if core:
             rows_d = da.query_rows(e_d)
-            md = rows_d.shape[1]
-            logits = scores_over(torch.cat([rows_d, ia.query_rows(e_i)], dim=1), keys)
-
-        # Step 1 (DA): which behaviours matter for this domain.
-        if self.use_da:
-            if fuse:
-                a_d, log_mass_d = da.weights_from_scores(logits[:, :md], keys, seq_mask, None, self.domain_mass_feature)
-            elif self.domain_mass_feature:
-                a_d, log_mass_d = da.weights_and_mass(e_d, keys, seq_mask)
-            else:
-                a_d, log_mass_d = da.weights(e_d, keys, seq_mask), None  # the normaliser is not computed
+            md, h, length = rows_d.shape[1], da.heads, s.shape[1]
+            mix = torch.sigmoid(self.prior_logit) if self.prior_logit is not None else None
+            pooled, w, alpha, log_mass_d, log_mass = two_step_attention(
+                torch.cat([rows_d, ia.query_rows(e_i)], dim=1), s, seq_mask, mix, md,
+                self.domain_mass_feature, self.mass_feature)
+            a_d = w[:, :md].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, m, L]
+            a_i = w[:, md:].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, n, L]
             if log_mass_d is not None:
-                out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
-            alpha = a_d.mean(dim=(1, 2))  # over heads and domain tokens: one distribution over positions
-        else:
-            a_d, alpha = uniform.expand(-1, 1, e_d.shape[1], -1), uniform[:, 0, 0]
-            out["log_mass_d"] = torch.zeros(alpha.shape[0], e_d.shape[1], dtype=s.dtype, device=s.device)
-        out |= {"A_d": a_d, "alpha": alpha}
-        if da is not None and not fuse:
-            out["H_d"] = da.values(a_d.expand(-1, -1, e_d.shape[1], -1), s)
-
-        # Step 2 (IA): which of those matter for this candidate, inside step 1's allocation.
-        if self.use_ia:
-            prior = alpha
-            if self.prior_logit is not None:
-                mix = torch.sigmoid(self.prior_logit)
-                prior = (1 - mix) * alpha + mix * uniform[:, 0, 0]
-            log_prior = torch.log(prior.clamp_min(1e-12)) if self.use_da else None
-            if self.match_bonus is not None:
-                bonus = (self.match_bonus[None, :, None] * field_hit_matrix(*emb.item_ids(seq, item), seq_mask)).sum(1)
-                log_prior = bonus if log_prior is None else log_prior + bonus
-            # the normaliser only when the predictor reads it (`mass_feature`)
-            if fuse:
-                a_i, log_mass = ia.weights_from_scores(logits[:, md:], keys, seq_mask, log_prior, self.mass_feature)
-            elif self.mass_feature:
-                a_i, log_mass = ia.weights_and_mass(e_i, keys, seq_mask, log_prior)
-            else:
-                a_i, log_mass = ia.weights(e_i, keys, seq_mask, log_prior), None
+                out["log_mass_d"] = log_mass_d.view(w.shape[0], -1, h).mean(2)  # [B, m]
             if log_mass is not None:
-                out["log_mass"] = log_mass.mean(1)  # [B, n]
+                out["log_mass"] = log_mass.view(w.shape[0], -1, h).mean(2)  # [B, n]
+            out |= {"A_d": a_d, "alpha": alpha}
         else:
-            a_i = alpha[:, None, None, :].expand(-1, 1, e_i.shape[1], -1)
-            if self.mass_feature:
-                out["log_mass"] = torch.zeros(alpha.shape[0], e_i.shape[1], dtype=s.dtype, device=s.device)
+            if fuse:
+                rows_d = da.query_rows(e_d)
+                md = rows_d.shape[1]
+                logits = scores_over(torch.cat([rows_d, ia.query_rows(e_i)], dim=1), keys)
+
+            # Step 1 (DA): which behaviours matter for this domain.
+            if self.use_da:
+                if fuse:
+                    a_d, log_mass_d = da.weights_from_scores(logits[:, :md], keys, seq_mask, None, self.domain_mass_feature)
+                elif self.domain_mass_feature:
+                    a_d, log_mass_d = da.weights_and_mass(e_d, keys, seq_mask)
+                else:
+                    a_d, log_mass_d = da.weights(e_d, keys, seq_mask), None  # the normaliser is not computed
+                if log_mass_d is not None:
+                    out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
+                alpha = a_d.mean(dim=(1, 2))  # over heads and domain tokens: one distribution over positions
+            else:
+                a_d, alpha = uniform.expand(-1, 1, e_d.shape[1], -1), uniform[:, 0, 0]
+                out["log_mass_d"] = torch.zeros(alpha.shape[0], e_d.shape[1], dtype=s.dtype, device=s.device)
+            out |= {"A_d": a_d, "alpha": alpha}
+            if da is not None and not fuse:
+                out["H_d"] = da.values(a_d.expand(-1, -1, e_d.shape[1], -1), s)
+
+            # Step 2 (IA): which of those matter for this candidate, inside step 1's allocation.
+            if self.use_ia:
+                prior = alpha
+                if self.prior_logit is not None:
+                    mix = torch.sigmoid(self.prior_logit)
+                    prior = (1 - mix) * alpha + mix * uniform[:, 0, 0]
+                log_prior = torch.log(prior.clamp_min(1e-12)) if self.use_da else None
+                if self.match_bonus is not None:
+                    bonus = (self.match_bonus[None, :, None] * field_hit_matrix(*emb.item_ids(seq, item), seq_mask)).sum(1)
+                    log_prior = bonus if log_prior is None else log_prior + bonus
+                # the normaliser only when the predictor reads it (`mass_feature`)
+                if fuse:
+                    a_i, log_mass = ia.weights_from_scores(logits[:, md:], keys, seq_mask, log_prior, self.mass_feature)
+                elif self.mass_feature:
+                    a_i, log_mass = ia.weights_and_mass(e_i, keys, seq_mask, log_prior)
+                else:
+                    a_i, log_mass = ia.weights(e_i, keys, seq_mask, log_prior), None
+                if log_mass is not None:
+                    out["log_mass"] = log_mass.mean(1)  # [B, n]
+            else:
+                a_i = alpha[:, None, None, :].expand(-1, 1, e_i.shape[1], -1)
+                if self.mass_feature:
+                    out["log_mass"] = torch.zeros(alpha.shape[0], e_i.shape[1], dtype=s.dtype, device=s.device)
         out["A_i"] = a_i
         offered = None
         if fuse:
             b, k, h = s.shape[0], s.shape[-1], ia.heads
-            pooled = pool_over(torch.cat([da.rows(a_d), ia.rows(a_i)], dim=1), s)  # [B, (m + n) h, k]
+            if not core:
+                pooled = pool_over(torch.cat([da.rows(a_d), ia.rows(a_i)], dim=1), s)  # [B, (m + n) h, k]
             means_i = pooled[:, md:].view(b, -1, h, k)  # step 2's weighted means per (candidate token, head)
             out["H_d"] = da.project(pooled[:, :md].view(b, -1, h, k))
             out["H_i"] = ia.project(means_i)

@@ -317,3 +317,107 @@ def masked_mean(seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of [B, L, k] over unmasked positions; zeros for an empty sequence."""
     w = mask.to(seq.dtype).unsqueeze(-1)
     return (seq * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+
+class _TwoStepAttention(torch.autograd.Function):
+    """Both DACDR steps' scores, weights and weighted means over one sequence, with a hand-written backward.
+
+    Inputs: q [B, J, k], the query rows (query, head) of step 1 (the first ``md``) then of step 2, with the scale
+    and temperature in them (`CrossAttention.query_rows`); s [B, L, k], the sequence (keys and values); keep [B, L]
+    the float mask and bias [B, L] the additive one (-1e9 on masked keys), built once per batch; uniform [B, L],
+    the uniform allocation; mix, the prior floor's share (None: step 2's prior is step 1's allocation itself).
+    Outputs: the weighted means [B, J, k] of every row, the weights in rows [B, J, L] (zero on masked keys), step 1's
+    allocation alpha [B, L], and the log-masses [B, J] of step 1's / step 2's rows when asked (else None).
+
+    The maths of `CrossAttention.weights_from_scores` applied step by step (tests/models/test_attention_parity.py):
+    ``softmax(scores + bias)`` per row, step 2 with the floored log prior added. Autograd's graph of that is some
+    forty small ops over [B, J, L] (the slices and their zero-filled gradients, the mask's products, the rows'
+    copies, the broadcast sums) and two products with the sequence for its gradient; here each step's backward is
+    one pass, ``dX = P (dP - sum(P dP) + d log-mass)``, and the sequence's gradient from the scores and the means
+    is one product ``[dX | W]^T [q | d means]``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, s, keep, bias, uniform, mix, md: int, mass_d: bool, mass_i: bool):
+        logits = q @ s.transpose(1, 2)  # [B, J, L], rows (query, head); this function's own buffer
+        logits.add_(bias[:, None, :])
+        w = torch.empty_like(logits)
+        soft_d = torch.softmax(logits[:, :md], dim=-1)
+        torch.mul(soft_d, keep[:, None, :], out=w[:, :md])  # an empty history: zeros, not the uniform row
+        alpha = w[:, :md].mean(1)  # over heads and domain tokens
+        prior = alpha if mix is None else (1 - mix) * alpha + mix * uniform
+        x_i = logits[:, md:]
+        x_i.add_(torch.log(prior.clamp_min(1e-12))[:, None, :])
+        soft_i = torch.softmax(x_i, dim=-1)
+        torch.mul(soft_i, keep[:, None, :], out=w[:, md:])
+        pooled = w @ s
+        valid = keep.sum(-1, keepdim=True)  # [B, 1]
+        log_mass_d = log_mass_i = None
+        # log sum_l e^x_l = top - log(the top's softmax weight), as `weights_from_scores`; no prior: uniform's
+        if mass_d:
+            lm = logits[:, :md].amax(-1) - torch.log(soft_d.amax(-1)) - torch.log(valid.clamp_min(1.0))
+            log_mass_d = torch.where(valid > 0, lm, torch.zeros_like(lm))
+        if mass_i:
+            lm = x_i.amax(-1) - torch.log(soft_i.amax(-1))
+            log_mass_i = torch.where(valid > 0, lm, torch.zeros_like(lm))
+        ctx.md = md
+        ctx.save_for_backward(q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior)
+        return pooled, w, alpha, log_mass_d, log_mass_i
+
+    @staticmethod
+    def backward(ctx, g_pooled, g_w, g_alpha, g_mass_d, g_mass_i):
+        q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior = ctx.saved_tensors
+        md = ctx.md
+        k = keep[:, None, :]
+        # the weights' gradient: from the means (one product) and from the weights themselves
+        g = g_pooled @ s.transpose(1, 2) if g_pooled is not None else torch.zeros_like(w)
+        if g_w is not None:
+            g = g + g_w
+        valid = (keep.sum(-1, keepdim=True) > 0).to(keep.dtype)  # [B, 1]: an empty history has no log-mass
+        g_x = torch.empty_like(g)
+        # step 2: dX = P (dP - sum(P dP) + d log-mass), dP = dW * keep
+        g_p = g[:, md:] * k
+        g_p -= (soft_i * g_p).sum(-1, keepdim=True)
+        if g_mass_i is not None:
+            g_p += (g_mass_i * valid)[:, :, None]
+        torch.mul(soft_i, g_p, out=g_x[:, md:])
+        # through the log prior to step 1's allocation (and the floor's share)
+        g_prior = g_x[:, md:].sum(1) * (prior >= 1e-12) / prior.clamp_min(1e-12)
+        g_mix = None
+        if mix is not None:
+            g_mix = (g_prior * (uniform - alpha)).sum().reshape(mix.shape) if ctx.needs_input_grad[5] else None
+            g_prior = g_prior * (1 - mix)
+        if g_alpha is not None:
+            g_prior = g_prior + g_alpha
+        # step 1: alpha is the mean of its rows
+        g_p = g[:, :md].add_(g_prior[:, None, :], alpha=1.0 / md) * k  # g is this function's own buffer
+        g_p -= (soft_d * g_p).sum(-1, keepdim=True)
+        if g_mass_d is not None:
+            g_p += (g_mass_d * valid)[:, :, None]
+        torch.mul(soft_d, g_p, out=g_x[:, :md])
+        g_q = g_x @ s if ctx.needs_input_grad[0] else None
+        g_s = None
+        if ctx.needs_input_grad[1]:  # both uses of the sequence in one product: [dX | W]^T [q | d means]
+            left = torch.cat([g_x, w], dim=1) if g_pooled is not None else g_x
+            right = torch.cat([q, g_pooled], dim=1) if g_pooled is not None else q
+            g_s = left.transpose(1, 2).contiguous() @ right
+        return g_q, g_s, None, None, None, g_mix, None, None, None
+
+
+def two_step_attention(
+    q: torch.Tensor,
+    s: torch.Tensor,
+    mask: torch.Tensor,
+    mix: torch.Tensor | None,
+    md: int,
+    mass_d: bool = False,
+    mass_i: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """`_TwoStepAttention` with the masks built once for the batch: q [B, J, k] query rows (step 1's first md),
+    s [B, L, k], mask [B, L] bool, mix the prior floor's share or None -> (means [B, J, k], weights [B, J, L],
+    alpha [B, L], log-masses [B, md] / [B, J - md] or None)."""
+    keep = mask.to(s.dtype)
+    bias = (1.0 - keep) * _MASKED
+    uniform = keep / keep.sum(1, keepdim=True).clamp_min(1.0)  # `uniform_weights`, in the sequence's dtype
+    return _TwoStepAttention.apply(q, s, keep, bias, uniform, mix, md, mass_d, mass_i)
