@@ -18,7 +18,8 @@ which the library's own form runs (every earlier form also takes DACDR's two ste
 library's form, but DACDR's two steps taken one by one instead of fused into one pass over the sequence for the
 scores and one for the weighted means); `graph-scoring` (both steps fused, but their scoring left to autograd's
 graph of small ops instead of the one function with a hand-written backward, layers._TwoStepAttention);
-`compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
+`compile-scoring` (that function replaced by torch.compile of the same maths written as autograd ops; the
+compile, and one recompile for an epoch's last, smaller batch, fall in the warm-up or in one round); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
 in the forward pass; not the same results).
 """
 
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+import dacdr.models.dacdr as dacdr_module
 from dacdr.config import DataConfig
 from dacdr.data.batches import BatchGatherer
 from dacdr.data.prepare import prepare
@@ -49,7 +51,7 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile", "bf16")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16")
 
 
 def peak_rss_mb() -> float:
@@ -140,6 +142,47 @@ def class_flag(name: str, value: bool) -> Iterator[None]:
         setattr(DACDR, name, saved)
 
 
+def _scoring_graph(q, s, mask, mix, md, mass_d=False, mass_i=False):
+    """`layers.two_step_attention`'s maths as plain autograd ops (no hand-written backward), for torch.compile."""
+    keep = mask.to(s.dtype)
+    logits = q @ s.transpose(1, 2) + ((1.0 - keep) * _MASKED)[:, None, :]
+    soft_d = torch.softmax(logits[:, :md], dim=-1)
+    w_d = soft_d * keep[:, None, :]
+    alpha = w_d.mean(1)
+    uniform = keep / keep.sum(1, keepdim=True).clamp_min(1.0)
+    prior = alpha if mix is None else (1 - mix) * alpha + mix * uniform
+    x_i = logits[:, md:] + torch.log(prior.clamp_min(1e-12))[:, None, :]
+    soft_i = torch.softmax(x_i, dim=-1)
+    w = torch.cat([w_d, soft_i * keep[:, None, :]], dim=1)
+    valid = keep.sum(-1, keepdim=True) > 0
+    lm_d = lm_i = None
+    if mass_d:
+        lm = logits[:, :md].amax(-1) - torch.log(soft_d.amax(-1)) - torch.log(keep.sum(-1, keepdim=True).clamp_min(1.0))
+        lm_d = torch.where(valid, lm, torch.zeros_like(lm))
+    if mass_i:
+        lm = x_i.amax(-1) - torch.log(soft_i.amax(-1))
+        lm_i = torch.where(valid, lm, torch.zeros_like(lm))
+    return w @ s, w, alpha, lm_d, lm_i
+
+
+_compiled_scoring = None
+
+
+@contextlib.contextmanager
+def compiled_scoring() -> Iterator[None]:
+    """DACDR's one-function scoring replaced by torch.compile (inductor) of the same maths as autograd ops: the
+    compiler fuses the elementwise passes and writes their backward; the products stay library calls."""
+    global _compiled_scoring
+    if _compiled_scoring is None:
+        _compiled_scoring = torch.compile(_scoring_graph, dynamic=False)
+    saved = dacdr_module.two_step_attention
+    dacdr_module.two_step_attention = _compiled_scoring
+    try:
+        yield
+    finally:
+        dacdr_module.two_step_attention = saved
+
+
 @contextlib.contextmanager
 def stepwise() -> Iterator[None]:
     """DACDR's two steps one by one (the fused passes off) for the duration."""
@@ -170,6 +213,8 @@ def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStac
         stack.enter_context(stepwise())
     if "graph-scoring" in levers:
         stack.enter_context(class_flag("fused_core", False))
+    if "compile-scoring" in levers:
+        stack.enter_context(compiled_scoring())
     if "bf16" in levers:
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack

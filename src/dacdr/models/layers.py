@@ -335,7 +335,7 @@ class _TwoStepAttention(torch.autograd.Function):
     forty small ops over [B, J, L] (the slices and their zero-filled gradients, the mask's products, the rows'
     copies, the broadcast sums) and two products with the sequence for its gradient; here each step's backward is
     one pass, ``dX = P (dP - sum(P dP) + d log-mass)``, and the sequence's gradient from the scores and the means
-    is one product ``[dX | W]^T [q | d means]``.
+    is accumulated inside the second product (``baddbmm_``) instead of summed over ``B x L x k`` after it.
     """
 
     @staticmethod
@@ -398,10 +398,10 @@ class _TwoStepAttention(torch.autograd.Function):
         torch.mul(soft_d, g_p, out=g_x[:, :md])
         g_q = g_x @ s if ctx.needs_input_grad[0] else None
         g_s = None
-        if ctx.needs_input_grad[1]:  # both uses of the sequence in one product: [dX | W]^T [q | d means]
-            left = torch.cat([g_x, w], dim=1) if g_pooled is not None else g_x
-            right = torch.cat([q, g_pooled], dim=1) if g_pooled is not None else q
-            g_s = left.transpose(1, 2).contiguous() @ right
+        if ctx.needs_input_grad[1]:  # both uses of the sequence: dX^T q + W^T (d means), summed inside the product
+            g_s = g_x.transpose(1, 2) @ q
+            if g_pooled is not None:
+                g_s.baddbmm_(w.transpose(1, 2), g_pooled)
         return g_q, g_s, None, None, None, g_mix, None, None, None
 
 
