@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py --threads 2 --out docs/benchmarks-throughput.json
     taskset -c 1 python benchmarks/train_throughput.py --threads 1 --batch-sizes 1024 --rounds 5 \
         --models DACDR,DACDR+textbook,DNN-multi --profile     # before/after in one run, and a profile
+    ... --profile --profile-rounds 5      # the models profiled in turn, median self CPU per op, side by side
 
 Training: samples/s over a fixed number of optimizer steps after warm-up (forward, backward, AdamW step and
 batch gathering included). The models are timed in turn, `--rounds` times per batch size, so that a change
@@ -270,6 +271,30 @@ def profile_steps(trainer: Trainer, steps: int = 10, top: int = 15) -> str:
         sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40, max_shapes_column_width=60)
 
 
+def profile_rounds(trainers: dict[str, Trainer], rounds: int, steps: int = 5, top: int = 40) -> str:
+    """Self CPU ms per step by op and input shape, the median over `rounds` in which the models are profiled in
+    turn (a shared box's load then hits all of them), side by side with the first model's top ops first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    per: dict[str, dict[str, list[float]]] = {spec: {} for spec in trainers}
+    for _ in range(rounds):
+        for spec, trainer in trainers.items():
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                for _ in range(steps):
+                    trainer.step()
+            for e in prof.key_averages(group_by_input_shape=True):
+                key = f"{e.key} {str(e.input_shapes)[:70]}"
+                per[spec].setdefault(key, []).append(e.self_cpu_time_total / steps / 1000)
+    med = {spec: {k: statistics.median(v + [0.0] * (rounds - len(v))) for k, v in ops.items()}
+           for spec, ops in per.items()}
+    first = next(iter(med))
+    keys = sorted(set().union(*med.values()), key=lambda k: -med[first].get(k, 0.0))
+    lines = [" | ".join(f"{spec[:20]:>20}" for spec in med) + " | op and input shapes",
+             " | ".join(f"{sum(ops.values()):20.2f}" for ops in med.values()) + " | all ops (self CPU ms per step)"]
+    lines += [" | ".join(f"{med[spec].get(k, 0.0):20.2f}" for spec in med) + f" | {k}" for k in keys[:top]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/synthetic-demo-seed0")
@@ -287,6 +312,9 @@ def main() -> None:
                     + ", ".join(LEVERS))
     ap.add_argument("--profile", action="store_true",
                     help="print torch.profiler's top ops of each model at the first batch size")
+    ap.add_argument("--profile-rounds", type=int, default=0,
+                    help="with --profile: profile the models in turn this many rounds (5 steps each) and print the "
+                    "median self CPU ms per step of each op, the models side by side")
     ap.add_argument("--no-inference", action="store_true")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: the process's CPU time (one thread on a shared box: what other jobs take is not "
@@ -326,7 +354,10 @@ def main() -> None:
                         | ({"peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
                            if device.type == "cuda" else {}))
             print(rows[-1], flush=True)
-        if args.profile and bs == int(args.batch_sizes.split(",")[0]):
+        if args.profile and args.profile_rounds and bs == int(args.batch_sizes.split(",")[0]):
+            print(f"--- profile: batch {bs}, {args.profile_rounds} rounds of 5 steps, {args.threads} thread(s)")
+            print(profile_rounds(trainers, args.profile_rounds), flush=True)
+        elif args.profile and bs == int(args.batch_sizes.split(",")[0]):
             for spec, *_ in specs:
                 print(f"--- profile: {spec}, batch {bs}, 10 steps, {args.threads} thread(s)")
                 print(profile_steps(trainers[spec]), flush=True)

@@ -209,8 +209,8 @@ class DACDR(RecModel):
                 and not plain_graph())
         da, ia = self.domain_attention, self.item_attention
         # The default model's scoring in one autograd function (layers._TwoStepAttention): a hand-written
-        # backward in one pass per step, one product for the sequence's gradient. Levers it does not cover
-        # (position keys, cosine scores, the match bonus, autocast) take the graph below.
+        # backward in one pass per step, the sequence's two gradients summed inside the products. Levers it does
+        # not cover (position keys, cosine scores, the match bonus, autocast) take the graph below.
         core = (fuse and self.fused_core and self.positions is None and self.match_bonus is None
                 and da.log_scale is None and not torch.is_autocast_enabled(s.device.type))
         if core:
