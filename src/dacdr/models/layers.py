@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dacdr.data.features import FeatureSpec
 
@@ -331,8 +332,8 @@ class _TwoStepAttention(torch.autograd.Function):
     allocation alpha [B, L], and the log-masses [B, J] of step 1's / step 2's rows when asked (else None).
 
     The maths of `CrossAttention.weights_from_scores` applied step by step (tests/models/test_attention_parity.py):
-    ``softmax(scores + bias)`` per row, step 2 with the floored log prior added. Autograd's graph of that is some
-    forty small ops over [B, J, L] (the slices and their zero-filled gradients, the mask's products, the rows'
+    ``softmax(scores + bias)`` per row, step 2 with the floored log prior added. Autograd's graph of that is a few
+    dozen small ops over [B, J, L] (the slices and their zero-filled gradients, the mask's products, the rows'
     copies, the broadcast sums) and two products with the sequence for its gradient; here each step's backward is
     one pass, ``dX = P (dP - sum(P dP) + d log-mass)``, and the sequence's gradient from the scores and the means
     is accumulated inside the second product (``baddbmm_``) instead of summed over ``B x L x k`` after it.
@@ -366,6 +367,7 @@ class _TwoStepAttention(torch.autograd.Function):
         return pooled, w, alpha, log_mass_d, log_mass_i
 
     @staticmethod
+    @once_differentiable  # a gradient of this gradient would need its own derivation: refuse it plainly
     def backward(ctx, g_pooled, g_w, g_alpha, g_mass_d, g_mass_i):
         q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior = ctx.saved_tensors
         md = ctx.md
