@@ -14,6 +14,9 @@ history, the item look-ups, the model inputs, the engine, the response dict, orj
 `--session-options`: the candidate-side graph under ONNX Runtime session options (graph optimisation level,
 execution mode, spinning, memory arena), interleaved, ratios against the defaults the engine uses.
 
+`--candidate-graph`: the served candidate-side graph (step 2's head mean taken once) against the earlier one,
+and fed pre-built `OrtValue`s (bound IO), interleaved.
+
 `--eager-history`: the older measurement, the eager model with the history repeated on every row against
 passed once (`broadcasts_history`).
 """
@@ -175,6 +178,48 @@ def session_options(args: argparse.Namespace) -> None:
         print(f"| {name} | {np.median(v):.0f} | {np.median(v) / base:.2f} |")
 
 
+def candidate_graph(args: argparse.Namespace) -> None:
+    """The candidate-side graph with step 2's head mean taken once (served) against the earlier graph (an
+    identity block of `wc` for the token match), and the served graph fed pre-built `OrtValue`s (bound IO:
+    the user side's tensors wrapped once, as a cache could keep them), interleaved on the same feeds."""
+    import onnxruntime as ort
+
+    from dacdr.serving.engines import _session_options
+    from dacdr.serving.split import split_onnx_bytes
+
+    pkg = load_package(args.package)
+    sessions = {}
+    for name, head_mean in (("earlier graph", False), ("head-mean graph (served)", True)):
+        _, graph, _ = split_onnx_bytes(pkg.model, head_mean=head_mean)
+        sessions[name] = ort.InferenceSession(graph, _session_options(1), providers=["CPUExecutionProvider"])
+    scorer = Scorer.load(args.package, "onnx", 1, 0, "split")
+    feeds = []
+    for q in _queries(scorer, args)[:50]:
+        inputs = scorer._inputs([scorer.resolve(q)], [scorer.domain_row(q)], [scorer.item_indices(q.items)], [q.user_id])
+        feeds.append({"item": inputs["item"], **scorer.engine.user_side(inputs["seq"], inputs["seq_mask"],
+                                                                         inputs["domain"])})
+    bound = [{k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in f.items()} for f in feeds]
+    served = sessions["head-mean graph (served)"]
+    runs = {name: (lambda s=sess: [s.run(["score"], f) for f in feeds]) for name, sess in sessions.items()}
+    runs["head-mean graph, bound IO (OrtValues)"] = lambda: [served.run_with_ort_values(["score"], b) for b in bound]
+    want = [served.run(["score"], f)[0] for f in feeds]
+    got = [sessions["earlier graph"].run(["score"], f)[0] for f in feeds]
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(want, got, strict=True))
+    times: dict[str, list[float]] = {n: [] for n in runs}
+    for rnd in range(args.rounds):
+        for name, run in (list(runs.items()) if rnd % 2 == 0 else list(runs.items())[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                run()
+            times[name].append((time.perf_counter() - t0) / (4 * len(feeds)) * 1e6)
+    base = float(np.median(times["earlier graph"]))
+    print(f"\ncandidate-side graph, {args.items} items, {args.rounds} rounds, load {os.getloadavg()[0]:.1f}; "
+          f"largest |served - earlier| logit {worst:.2g}\n")
+    print("| candidate graph | µs per call | ratio |\n|---|---|---|")
+    for name, v in times.items():
+        print(f"| {name} | {np.median(v):.0f} | {np.median(v) / base:.2f} |")
+
+
 def eager_history(args: argparse.Namespace) -> None:
     pkg = load_package(args.package)
     model = pkg.model.eval()
@@ -215,6 +260,7 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="where one request's time goes (split engine)")
     ap.add_argument("--session-options", action="store_true", help="ONNX Runtime session options, candidate graph")
     ap.add_argument("--eager-history", action="store_true", help="the eager model: history repeated vs once")
+    ap.add_argument("--candidate-graph", action="store_true", help="head-mean candidate graph vs the earlier one")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.breakdown:
@@ -223,6 +269,8 @@ def main() -> None:
         session_options(args)
     elif args.eager_history:
         eager_history(args)
+    elif args.candidate_graph:
+        candidate_graph(args)
     else:
         engines(args)
 

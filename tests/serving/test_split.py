@@ -110,6 +110,28 @@ def test_the_candidate_graph_is_small(package):
     assert len(nodes) <= 40 < len(single)
 
 
+@pytest.mark.parametrize(("name", "params"), [("DACDR", {}), ("DACDR", {"match_on": "values"}),
+                                               ("DACDR w/o DA", {"count_weights": "domain"})])
+def test_the_head_mean_candidate_graph_equals_the_earlier_one_with_fewer_products(package, name, params):
+    """`head_mean` (the default) takes step 2's head mean once for the token match and the count shares instead
+    of an identity block of `wc`: same scores as the earlier graph, and a smaller `wc` with the token match."""
+    spec = load_package(package).spec
+    torch.manual_seed(1)
+    model = create_model(name, spec, **params).eval()
+    with torch.no_grad():
+        model.predictor[-1].weight.mul_(30.0)
+    new, old = split_mod.CandidateSide(model), split_mod.CandidateSide(model, head_mean=False)
+    tokens = model.match_features and model.match_on == "tokens"
+    assert new.wc.shape[0] == old.wc.shape[0]
+    assert new.wc.shape[1] == old.wc.shape[1] - (len(spec.item_fields) * new.lay.k if tokens else 0)
+    user = split_mod.UserSide(model).eval()
+    for seq, mask, item, domain, _ in _cases(spec, seed=5):
+        with torch.no_grad():
+            side = user(seq, mask, domain)
+            got, want = new(item, *side).numpy(), old(item, *side).numpy()
+        assert np.abs(got - want).max() <= TOL
+
+
 def test_trained_package_split_engine_matches_the_eager_scorer(package):
     eager = Scorer.load(package, "torch")
     split = Scorer.load(package, "onnx", onnx_graph="split")

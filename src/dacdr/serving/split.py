@@ -27,6 +27,7 @@ back to the single graph if they differ, so a model change the split does not kn
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import warnings
@@ -197,7 +198,7 @@ class UserSide(nn.Module):
 class CandidateSide(nn.Module):
     """item [B, n] ids and the user side's tensors -> the raw score [B]."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, head_mean: bool = True):
         super().__init__()
         self.model, self.lay = model, _Layout(model)
         self.names, self.length = user_output_names(model), model.spec.max_len
@@ -207,6 +208,10 @@ class CandidateSide(nn.Module):
         self.register_buffer("table", table)
         self.register_buffer("offsets", offsets)
         enc0, pred0 = model.encoder[0], model.predictor[0]
+        self.head_mean = head_mean and model.use_ia
+        """the token match as the head mean of the pooled history instead of a block of `wc` that is an
+        identity over heads (same values, 43% fewer multiply-adds in that product: docs/serving.md). False: the
+        earlier graph, kept for `benchmarks/scoring_path.py --candidate-graph`"""
         if model.use_ia:
             # pooled [n h k] -> [encoder's H_i part (H1) | offered (n k)]
             n_map = model.item_attention.value_map().detach()  # [h, k, k]
@@ -214,12 +219,14 @@ class CandidateSide(nn.Module):
             w_hi = enc0.weight[:, lay.enc_hi: lay.enc_hi + n * k].detach().view(-1, n, k)  # [H1, n, k]
             enc_part = torch.einsum("hdc,ejc->jhde", n_map, w_hi).reshape(n * h * k, -1)  # [(j h d), H1]
             blocks.append(enc_part)
-            if model.match_features:
+            self.match_mean = self.head_mean and model.match_features and model.match_on == "tokens"
+            if model.match_features and not self.match_mean:
                 # tokens: the head mean of the pooled tokens; values: H_i itself
                 per = torch.eye(k).expand(h, k, k) / h if model.match_on == "tokens" else n_map
                 blocks.append(torch.einsum("jJ,hdc->jhdJc", torch.eye(n), per).reshape(n * h * k, n * k))
             self.register_buffer("wc", torch.cat(blocks, dim=1))
             self.h1 = enc_part.shape[1]
+
             self.cosine = _cosine(model.item_attention)
             if self.cosine:
                 self.register_buffer("q_map", model.item_attention.query_map().detach().reshape(k, h * k))
@@ -244,11 +251,16 @@ class CandidateSide(nn.Module):
             else:
                 logits = (e @ u["kmat"] + u["bias"]).reshape(-1, n, h, self.length)
             a = torch.softmax(logits, dim=-1)  # [B, n, h, L]; masked positions exactly 0
-            z = (a @ u["s_m"]).reshape(-1, n * h * k) @ self.wc  # [B, H1 (+ n k)]
+            pooled = a @ u["s_m"]  # [B, n, h, k]
+            z = pooled.reshape(-1, n * h * k) @ self.wc  # [B, H1 (+ n k)]
             hidden = torch.relu(z[:, : self.h1] + u["enc_pre"])
             user_emb = model.encoder[2:](hidden)
             pred_in += [user_emb, e_flat]
-            if model.match_features:
+            if self.match_mean:  # tokens: the head mean of the pooled tokens, as a sum of head slices (ONNX
+                # Runtime's reduction over a middle axis measured slower than the products it replaces)
+                offered = functools.reduce(torch.add, (pooled[:, :, i] for i in range(h))) * (1.0 / h)
+                pred_in.append(offered.reshape(-1, n * k) * e_flat)
+            elif model.match_features:
                 pred_in.append(z[:, self.h1:] * e_flat)
             if model.mass_feature:
                 top = logits.max(dim=-1).values - torch.log(a.max(dim=-1).values)  # [B, n, h]
@@ -278,16 +290,17 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
     return buf.getvalue()
 
 
-def split_onnx_bytes(model: nn.Module) -> tuple[bytes, bytes, list[str]]:
+def split_onnx_bytes(model: nn.Module, head_mean: bool = True) -> tuple[bytes, bytes, list[str]]:
     """(user-side graph, candidate-side graph, the user side's output names = the candidate side's inputs
-    after `item`). The user side takes `seq`, `seq_mask`, `domain` of one user padded to `max_len`."""
+    after `item`). The user side takes `seq`, `seq_mask`, `domain` of one user padded to `max_len`;
+    `head_mean=False` builds the earlier candidate graph (`CandidateSide`)."""
     reason = split_support(model)
     if reason is not None:
         raise ValueError(f"no split graph: {reason}")
     model.eval()
     spec = model.spec
     length = spec.max_len
-    user_mod, cand_mod = UserSide(model).eval(), CandidateSide(model).eval()
+    user_mod, cand_mod = UserSide(model).eval(), CandidateSide(model, head_mean).eval()
     seq = torch.zeros(1, length, len(spec.sequence_fields), dtype=torch.long)
     mask = torch.ones(1, length, dtype=torch.bool)
     domain = torch.zeros(1, len(spec.domain_fields), dtype=torch.long)
