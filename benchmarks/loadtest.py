@@ -13,7 +13,12 @@ server CPUs; the load generators run pinned to the client CPUs:
         --configs "torch:--engine torch" "onnx:--engine onnx" "onnx 2 workers@0,1:--engine onnx --workers 2"
 
 `--ablation ROUNDS` instead starts every configuration's server at once and runs wrk on them in turn, round
-after round (the first configuration is the reference of the ratios).
+after round (the first configuration is the reference of the ratios); every round opens new connections, so
+with several workers each round draws a new split of them between the workers (medians and the worst round).
+
+Every wrk row also records the server's CPU time per answered request (user + system of all its processes,
+from /proc), a measure of the work per request that the box's other load and the luck of the connection split
+move much less than latency or throughput.
 
 wrk is required (Debian: `apt-get install wrk`). Every row records the box's load average at its start.
 """
@@ -26,6 +31,7 @@ import json
 import os
 import random
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -50,6 +56,27 @@ def free_port() -> int:
 
 def pinned(cpus: str | None, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *cmd] if cpus else cmd
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and all its descendants (workers), from /proc (Linux)."""
+    parent, times = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        times[int(entry)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier and p not in tree]
+        tree.update(kids)
+        frontier = kids
+    return sum(times.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(package: Path, args: list[str], cpus: str | None) -> tuple[subprocess.Popen, str]:
@@ -110,19 +137,30 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def run_wrk(url: str, script: Path, concurrency: int, duration: float, cpus: str | None) -> dict:
+def run_wrk(url: str, script: Path, concurrency: int, duration: float, cpus: str | None,
+            server_pid: int | None = None) -> dict:
+    """One wrk run; with `server_pid`, also the server's CPU time per answered request (all its processes)
+    and wrk's own, in µs."""
     cmd = pinned(cpus, ["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "--timeout", "10s",
                         "-s", str(script), url])
     load = os.getloadavg()[0]
+    cpu0 = tree_cpu_s(server_pid) if server_pid else 0.0
+    own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu1 = tree_cpu_s(server_pid) if server_pid else 0.0
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     n = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    return {"client": "wrk", "concurrency": concurrency, "requests": n, "errors": errors,
-            "p50_ms": round(_ms(lat["50"]), 2), "p99_ms": round(_ms(lat["99"]), 2),
-            "throughput_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "load1": load}
+    row = {"client": "wrk", "concurrency": concurrency, "requests": n, "errors": errors,
+           "p50_ms": round(_ms(lat["50"]), 2), "p99_ms": round(_ms(lat["99"]), 2),
+           "throughput_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "load1": load}
+    if server_pid and n:
+        wrk_s = own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime
+        row |= {"server_cpu_us": round((cpu1 - cpu0) / n * 1e6), "wrk_cpu_us": round(wrk_s / n * 1e6)}
+    return row
 
 
 async def run_python(url: str, reqs: list[dict], concurrency: int, reload_package: Path | None = None) -> dict:
@@ -184,7 +222,7 @@ def run_config(name: str, server_args: list[str], args: argparse.Namespace, bodi
         # wrk keeps its clock running after the script stops its thread: the pass's req/s is not meaningful
         rows.append(run_wrk(url, cold_lua, 8, 10, args.client_cpus) | {"phase": "cold", "throughput_rps": None})
         for c in args.levels:
-            rows.append(run_wrk(url, random_lua, c, args.duration, args.client_cpus) | {"phase": "steady"})
+            rows.append(run_wrk(url, random_lua, c, args.duration, args.client_cpus, proc.pid) | {"phase": "steady"})
         python = [sys.executable, __file__, "--python-client", url, "--bodies", str(tmp / "bodies.json")]
         for c in args.levels:
             rows.append(json.loads(subprocess.run(pinned(args.client_cpus, [*python, "--concurrency", str(c)]),
@@ -222,8 +260,9 @@ def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[di
         for rnd in range(args.ablation):
             for c in args.levels:
                 order = servers if rnd % 2 == 0 else servers[::-1]
-                for name, _, url in order:
-                    samples.setdefault((name, c), []).append(run_wrk(url, script, c, args.duration, args.client_cpus))
+                for name, proc, url in order:
+                    samples.setdefault((name, c), []).append(run_wrk(url, script, c, args.duration, args.client_cpus,
+                                                                     proc.pid))
     finally:
         for _, proc, _ in servers:
             stop_server(proc)
@@ -234,6 +273,9 @@ def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[di
                      "p50_ms": round(float(np.median([r["p50_ms"] for r in runs])), 2),
                      "p99_ms": round(float(np.median([r["p99_ms"] for r in runs])), 2),
                      "throughput_rps": round(float(np.median([r["throughput_rps"] for r in runs])), 1),
+                     "p99_ms_worst": max(r["p99_ms"] for r in runs),
+                     "throughput_rps_worst": min(r["throughput_rps"] for r in runs),
+                     "server_cpu_us": round(float(np.median([r["server_cpu_us"] for r in runs]))),
                      "load1": float(np.mean([r["load1"] for r in runs]))})
     base = {r["concurrency"]: r for r in rows if r["config"] == rows[0]["config"]}
     for r in rows:
@@ -245,21 +287,25 @@ def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[di
 
 
 def ablation_table(rows: list[dict]) -> str:
-    out = ["| config | concurrency | rounds | errors | p50 ms | p99 ms | req/s | req/s ratio | p99 ratio | load |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| config | concurrency | rounds | errors | p50 ms | p99 ms (worst) | req/s (worst) | req/s ratio | "
+           "p99 ratio | server CPU µs/req | load |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["concurrency"]):
         out.append(f"| {r['config']} | {r['concurrency']} | {r['rounds']} | {r['errors']} | {r['p50_ms']} | "
-                   f"{r['p99_ms']} | {r['throughput_rps']} | {r['rps_ratio']} | {r['p99_ratio']} | {r['load1']:.1f} |")
+                   f"{r['p99_ms']} ({r['p99_ms_worst']}) | {r['throughput_rps']} ({r['throughput_rps_worst']}) | "
+                   f"{r['rps_ratio']} | {r['p99_ratio']} | {r['server_cpu_us']} | {r['load1']:.1f} |")
     return "\n".join(out)
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| config | client | phase | concurrency | requests | errors | p50 ms | p99 ms | req/s | load |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| config | client | phase | concurrency | requests | errors | p50 ms | p99 ms | req/s | "
+           "server CPU µs/req | load |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rps = "—" if r["throughput_rps"] is None else r["throughput_rps"]
         out.append(f"| {r['config']} | {r['client']} | {r['phase']} | {r['concurrency']} | {r['requests']} | "
-                   f"{r['errors']} | {r['p50_ms']} | {r['p99_ms']} | {rps} | {r['load1']:.1f} |")
+                   f"{r['errors']} | {r['p50_ms']} | {r['p99_ms']} | {rps} | {r.get('server_cpu_us', '—')} | "
+                   f"{r['load1']:.1f} |")
     return "\n".join(out)
 
 

@@ -1,8 +1,9 @@
-"""`dacdr serve --workers 2 --engine onnx`: recommend and explain on every worker, a reload reaches every worker
-under load, and /metrics adds up across workers."""
+"""`dacdr serve --workers 2 --engine onnx --pin-workers`: recommend and explain on every worker (each on a CPU of
+its own), a reload reaches every worker under load, and /metrics adds up across workers."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -28,7 +29,7 @@ def packages(handmade_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(packages):
-    srv = Server(packages[0], "--workers", "2", "--engine", "onnx", token=TOKEN, timeout=120)
+    srv = Server(packages[0], "--workers", "2", "--engine", "onnx", "--pin-workers", token=TOKEN, timeout=120)
     yield srv
     srv.stop()
 
@@ -59,6 +60,10 @@ def test_every_worker_serves_the_package(server, packages):
     answers = both_workers(server.url)
     assert {a["model_version"] for a in answers} == {load_package(packages[0]).version}
     assert server.proc.pid not in {a["worker"] for a in answers}  # worker processes, not the supervisor
+    cpus = {a["worker"]: tuple(a["cpus"]) for a in answers}  # --pin-workers: one CPU each, distinct ones
+    assert all(len(c) == 1 for c in cpus.values())
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert len(set(cpus.values())) == 2
     for _ in range(4):  # fresh connections: recommend and explain on whichever worker answers
         with httpx.Client(base_url=server.url, timeout=30) as c:
             r = c.post("/v1/recommend", json={"user_id": 3, "domain": "target_a", "k": 4, "explain": True})

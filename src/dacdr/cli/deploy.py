@@ -104,6 +104,8 @@ def serve(
                                                  "graphs when covered), split or single")] = "auto",
     user_cache: Annotated[int, typer.Option(min=0, help="split ONNX graphs: user-side results cached in "
                                                         "memory (0: off)")] = 2048,
+    pin_workers: Annotated[bool, typer.Option("--pin-workers/--no-pin-workers",
+                                              help="with --workers N: each worker on one CPU of its own")] = False,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch
@@ -120,7 +122,7 @@ def serve(
         reload_root=reload_root, read_timeout_s=read_timeout,
         inline=inline, fast_json=fast_json, history_cache=history_cache,
         onnx_graph=onnx_graph, user_cache=user_cache, fast_route=fast_route,  # type: ignore[arg-type]
-        score_threads=score_threads,
+        score_threads=score_threads, pin_workers=pin_workers,
     )
     protocol = header_timeout_protocol(read_timeout, http)  # type: ignore[arg-type]
     torch.set_num_threads(threads)

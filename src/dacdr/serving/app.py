@@ -40,7 +40,7 @@ from dacdr.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dacdr.serving.metrics import ServiceMetrics
 from dacdr.serving.recommend import RetrievalConfig, attach_indexes, recommend
 from dacdr.serving.scoring import RequestError, ScoreQuery, Scorer
-from dacdr.serving.workers import POLL_SECONDS, WorkerGroup
+from dacdr.serving.workers import POLL_SECONDS, WorkerGroup, pin_process
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt
 MAX_HISTORY = 1000
@@ -87,6 +87,8 @@ class ServiceSettings:
     """shared directory of a worker group (`dacdr serve --workers N`, `dacdr.serving.workers`); None: one process"""
     reload_timeout: float = 600.0
     """seconds every worker may take to load and warm up a reloaded package"""
+    pin_workers: bool = False
+    """with several workers: pin each to one CPU of those the server may use (`WorkerGroup.claim_cpu`)"""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), default=str)
@@ -417,6 +419,8 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             state.swap(scorer or await anyio.to_thread.run_sync(state.load, settings.package), settings.package)
             yield
             return
+        if settings.pin_workers and hasattr(os, "sched_setaffinity"):
+            pin_process(group.claim_cpu(sorted(os.sched_getaffinity(0))))
         group.report(-1, None)  # a member from now on: a reload waits for this worker too
         committed = group.committed()
         path = Path(committed.package) if committed else settings.package
@@ -579,8 +583,9 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         scorer = state.scorer
         if scorer is None:
             return JSONResponse({"ready": False}, status_code=503)
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         return JSONResponse({"ready": True, "model_version": scorer.version, "engine": scorer.engine.name,
-                             "worker": os.getpid(), **scorer.engine.info()})
+                             "worker": os.getpid(), "cpus": cpus, **scorer.engine.info()})
 
     @app.get("/metrics")
     def metrics() -> Response:

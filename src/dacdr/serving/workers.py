@@ -9,6 +9,7 @@ aborted/<g>             a proposal that failed in some worker
 ready/<g>/<pid>         "ok" or the error: worker pid has loaded and warmed up proposal g
 workers/<pid>.json      {"generation": g, "version": v}      what worker pid serves now
 reload.lock             flock: one reload at a time across workers
+cpus.json               {pid: cpu}: the CPU each live worker is pinned to (`--pin-workers`), under cpus.lock
 ```
 
 The worker that receives `POST /v1/admin/reload` writes a proposal; every worker (itself included) loads
@@ -49,6 +50,13 @@ def _read_generation(path: Path) -> Generation | None:
         return Generation(int(data["generation"]), str(data["package"]))
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
+
+
+def pin_process(cpu: int) -> None:
+    """Pin every thread of this process (and the threads it starts later) to one CPU (Linux)."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), {cpu})
 
 
 def _alive(pid: int) -> bool:
@@ -105,6 +113,30 @@ class WorkerGroup:
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
                 out[pid] = json.loads(f.read_text())
         return out
+
+    def claim_cpu(self, allowed: list[int]) -> int:
+        """A CPU of `allowed` for this worker: the one fewest live workers hold (the lowest on a tie), so that N
+        workers on N CPUs get one each and a replaced worker takes the CPU its predecessor left."""
+        if not allowed:
+            raise ValueError("pin workers: no CPU allowed")
+        with open(self.dir / "cpus.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                path = self.dir / "cpus.json"
+                try:
+                    held = {int(p): int(c) for p, c in json.loads(path.read_text()).items()}
+                except (FileNotFoundError, json.JSONDecodeError, ValueError, AttributeError):
+                    held = {}
+                held = {p: c for p, c in held.items() if p != self.pid and _alive(p)}
+                load = {c: 0 for c in allowed}
+                for c in held.values():
+                    if c in load:
+                        load[c] += 1
+                cpu = min(allowed, key=lambda c: (load[c], c))
+                _write_json(path, {str(p): c for p, c in (held | {self.pid: cpu}).items()})
+                return cpu
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------------- the reloading worker
     @contextlib.contextmanager
