@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import httpx
@@ -52,6 +53,7 @@ def test_health_ready_domains(client, server, packages):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     version = load_package(packages[0]).version
+    assert ready.pop("cpus") == sorted(os.sched_getaffinity(server.proc.pid))  # the CPUs the worker may use
     assert ready == {"ready": True, "model_version": version, "engine": "torch", "worker": server.proc.pid,
                      "graph": "eager"}
     doms = client.get("/v1/domains").json()

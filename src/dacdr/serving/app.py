@@ -199,33 +199,47 @@ class _Limits:
 
 
 class _FastScore:
-    """Pure ASGI, inside `_Limits`: a `POST /v1/score` whose body orjson parses and `ScoreRequest` accepts is
-    scored by the route's own handler and answered with orjson, skipping FastAPI's routing, dependency solving
-    and body parsing (measured in docs/serving.md). Everything else — another route, a body orjson or the
-    schema refuses, an error while reading or scoring — is handed to the FastAPI app with the body replayed
-    exactly as it was received, so every error is answered by the same code as before (and a failed fast
-    attempt costs one more parse)."""
+    """The fast route, called by `_ServiceApp` before any of FastAPI's or Starlette's layers: a `POST /v1/score`
+    whose body arrives within the size limit and the deadline, and which orjson parses and `ScoreRequest`
+    accepts, is scored by the route's own handler, answered with orjson and counted in the metrics as `_Limits`
+    counts it (measured in docs/serving.md). Everything else — another route, a body over the limit, late or
+    cut off, one orjson or the schema refuses, an error while scoring — is handed to the FastAPI app with the
+    body replayed exactly as it was received (a deadline that expired is raised again there), so every error is
+    answered by the same code as before, `_Limits` included (and a failed fast attempt costs one more parse)."""
 
-    def __init__(self, app, handler, inline: bool, threads: int = 0):
-        self.app, self.handler, self.inline = app, handler, inline
-        self.limiter = anyio.CapacityLimiter(threads) if threads else None
-        """at most `threads` requests scored at once (others wait on the event loop); None: anyio's default pool"""
+    def __init__(self, handler, settings: ServiceSettings, metrics: ServiceMetrics):
+        self.handler, self.settings, self.metrics = handler, settings, metrics
+        self.inline = settings.inline
+        self.limiter = anyio.CapacityLimiter(settings.score_threads) if settings.score_threads else None
+        """at most `score_threads` requests scored at once (others wait on the event loop); None: anyio's pool"""
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST" or not any(
-                k == b"content-type" and v.startswith(b"application/json") for k, v in scope.get("headers", ())):
-            return await self.app(scope, receive, send)
+    @staticmethod
+    def matches(scope) -> bool:
+        return scope["type"] == "http" and scope["path"] == "/v1/score" and scope["method"] == "POST" and any(
+            k == b"content-type" and v.startswith(b"application/json") for k, v in scope.get("headers", ()))
+
+    async def __call__(self, scope, receive, send, fallback) -> None:
+        t0 = time.perf_counter()
+        limit = self.settings.max_body_bytes
         received: list[dict] = []
         receive_error: BaseException | None = None
-        try:
-            while True:
-                message = await receive()
-                received.append(message)
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    break
-        except Exception as e:  # noqa: BLE001  (the body's size limit or deadline: raised again below)
-            receive_error = e
-        if receive_error is None and received[-1]["type"] == "http.request":
+        size, complete = 0, False
+        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        if declared is None or (declared.isdigit() and int(declared) <= limit):
+            try:
+                async with asyncio.timeout(self.settings.read_timeout_s):  # `_Limits`' deadline, cheaper
+                    while True:
+                        message = await receive()
+                        received.append(message)
+                        if message["type"] != "http.request":
+                            break
+                        size += len(message.get("body", b""))
+                        if size > limit or not message.get("more_body", False):
+                            complete = size <= limit
+                            break
+            except TimeoutError as e:
+                receive_error = e  # raised again inside `_Limits`, which answers 408 as before
+        if complete:
             try:
                 req = ScoreRequest.model_validate(orjson.loads(b"".join(m.get("body", b"") for m in received)))
                 result = self.handler(req) if self.inline else await anyio.to_thread.run_sync(
@@ -234,10 +248,13 @@ class _FastScore:
             except Exception:  # noqa: BLE001, S110  (any failure: FastAPI's route answers it as before)
                 pass
             else:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(payload)).encode())]})
-                await send({"type": "http.response.body", "body": payload})
+                try:
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(payload)).encode())]})
+                    await send({"type": "http.response.body", "body": payload})
+                finally:
+                    self.metrics.observe("POST", "/v1/score", 200, time.perf_counter() - t0)
                 return
 
         async def replay():
@@ -247,7 +264,19 @@ class _FastScore:
                 raise receive_error
             return await receive()
 
-        await self.app(scope, replay, send)
+        await fallback(scope, replay, send)
+
+
+class _ServiceApp(FastAPI):
+    """FastAPI with the fast route (`_FastScore`) in front of its middleware stack."""
+
+    fast: _FastScore | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        fast = self.fast
+        if fast is not None and fast.matches(scope):
+            return await fast(scope, receive, send, super().__call__)
+        return await super().__call__(scope, receive, send)
 
 
 HEADER_TIMEOUT_ENV = "DACDR_HEADER_TIMEOUT_S"
@@ -435,12 +464,11 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             group.leave()
             state.metrics.process_exited(os.getpid())
 
-    app = FastAPI(title="dacdr scoring service", lifespan=lifespan)
+    app = _ServiceApp(title="dacdr scoring service", lifespan=lifespan)
     app.state.service = state
     routes: set[str] = set()  # filled once the routes below exist
-    if settings.fast_route and settings.fast_json:  # inside _Limits: size limit, deadline and metrics still apply
-        app.add_middleware(_FastScore, handler=lambda req: score(req), inline=settings.inline,  # noqa: PLW0108
-                           threads=settings.score_threads)
+    if settings.fast_route and settings.fast_json:  # in front: its own size limit, deadline and metrics
+        app.fast = _FastScore(lambda req: score(req), settings, state.metrics)  # noqa: PLW0108
     app.add_middleware(_Limits, settings=settings, metrics=state.metrics, routes=routes)
 
     @app.exception_handler(RequestValidationError)
