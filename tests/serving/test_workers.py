@@ -1,5 +1,6 @@
-"""`dacdr serve --workers 2 --engine onnx --pin-workers`: recommend and explain on every worker (each on a CPU of
-its own), a reload reaches every worker under load, and /metrics adds up across workers."""
+"""`dacdr serve --workers 2 --engine onnx --pin-workers --balance-connections`: recommend and explain on every
+worker (each on a CPU of its own), a reload reaches every worker under load, /metrics adds up across workers, and
+keep-alive clients that a worker over its share of connections asks to reconnect lose no request."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def packages(handmade_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(packages):
-    srv = Server(packages[0], "--workers", "2", "--engine", "onnx", "--pin-workers", token=TOKEN, timeout=120)
+    srv = Server(packages[0], "--workers", "2", "--engine", "onnx", "--pin-workers", "--balance-connections",
+                 token=TOKEN, timeout=120)
     yield srv
     srv.stop()
 
@@ -125,3 +127,29 @@ def test_metrics_add_up_across_workers(server):
         seen |= {ln.split('pid="')[1].split('"')[0] for ln in text.splitlines()
                  if ln.startswith("dacdr_model_info{") and ln.endswith(" 1.0")}
     assert len(seen) == 2  # one serving line per live worker
+
+
+def test_connections_a_worker_closes_to_rebalance_lose_no_request(server):
+    """8 keep-alive clients at once: every answer is 200 with its scores; each `connection: close` a worker
+    sends (it held more than its share) is counted in `dacdr_connections_rebalanced_total`, and the client's
+    next request simply opens a new connection."""
+    key = "dacdr_connections_rebalanced_total"
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        before = _value(c.get("/metrics").text, key)
+    closes, statuses = [], []
+
+    def client():
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for _ in range(15):
+                r = c.post("/v1/score", json=BODY)
+                statuses.append(r.status_code == 200 and len(r.json()["scores"]) == 3)
+                closes.append(r.headers.get("connection") == "close")
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(statuses) == 120 and all(statuses)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert _value(c.get("/metrics").text, key) == before + sum(closes)

@@ -106,6 +106,9 @@ def serve(
                                                         "memory (0: off)")] = 2048,
     pin_workers: Annotated[bool, typer.Option("--pin-workers/--no-pin-workers",
                                               help="with --workers N: each worker on one CPU of its own")] = False,
+    balance_connections: Annotated[bool, typer.Option(
+        "--balance-connections/--no-balance-connections",
+        help="with --workers N: a worker over its share of open connections asks a client to reconnect")] = False,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch
@@ -122,7 +125,7 @@ def serve(
         reload_root=reload_root, read_timeout_s=read_timeout,
         inline=inline, fast_json=fast_json, history_cache=history_cache,
         onnx_graph=onnx_graph, user_cache=user_cache, fast_route=fast_route,  # type: ignore[arg-type]
-        score_threads=score_threads, pin_workers=pin_workers,
+        score_threads=score_threads, pin_workers=pin_workers, balance_connections=balance_connections,
     )
     protocol = header_timeout_protocol(read_timeout, http)  # type: ignore[arg-type]
     torch.set_num_threads(threads)

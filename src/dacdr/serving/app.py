@@ -40,7 +40,7 @@ from dacdr.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dacdr.serving.metrics import ServiceMetrics
 from dacdr.serving.recommend import RetrievalConfig, attach_indexes, recommend
 from dacdr.serving.scoring import RequestError, ScoreQuery, Scorer
-from dacdr.serving.workers import POLL_SECONDS, WorkerGroup, pin_process
+from dacdr.serving.workers import POLL_SECONDS, ConnectionBalance, WorkerGroup, pin_process
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=256)] | StrictInt
 MAX_HISTORY = 1000
@@ -89,6 +89,9 @@ class ServiceSettings:
     """seconds every worker may take to load and warm up a reloaded package"""
     pin_workers: bool = False
     """with several workers: pin each to one CPU of those the server may use (`WorkerGroup.claim_cpu`)"""
+    balance_connections: bool = False
+    """with several workers: a worker over its share of open connections closes one after a fast-route
+    response, so that the client reconnects (`ConnectionBalance`)"""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), default=str)
@@ -248,10 +251,12 @@ class _FastScore:
             except Exception:  # noqa: BLE001, S110  (any failure: FastAPI's route answers it as before)
                 pass
             else:
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+                if _BALANCE is not None and _BALANCE.over_share():
+                    headers.append((b"connection", b"close"))  # the client reconnects, likely to a less busy worker
+                    self.metrics.rebalanced()
                 try:
-                    await send({"type": "http.response.start", "status": 200,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(payload)).encode())]})
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
                     await send({"type": "http.response.body", "body": payload})
                 finally:
                     self.metrics.observe("POST", "/v1/score", 200, time.perf_counter() - t0)
@@ -280,6 +285,8 @@ class _ServiceApp(FastAPI):
 
 
 HEADER_TIMEOUT_ENV = "DACDR_HEADER_TIMEOUT_S"
+_BALANCE: ConnectionBalance | None = None
+"""this worker's connection counts, shared with its group (`--balance-connections`); None: not balanced"""
 
 
 class _HeaderDeadline(asyncio.Protocol):
@@ -290,6 +297,7 @@ class _HeaderDeadline(asyncio.Protocol):
 
     _timer: asyncio.TimerHandle | None = None
     _armed_cycle: object = None
+    _balance: ConnectionBalance | None = None
     cycle: Any
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
@@ -312,6 +320,9 @@ class _HeaderDeadline(asyncio.Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+        self._balance = _BALANCE  # the one this connection was counted in (a reload does not change it)
+        if self._balance is not None:
+            self._balance.opened()
 
     def data_received(self, data: bytes) -> None:
         if self._timer is None and (self.cycle is None or self.cycle.response_complete):
@@ -322,6 +333,9 @@ class _HeaderDeadline(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._balance is not None:
+            self._balance.closed()
+            self._balance = None
         super().connection_lost(exc)
 
 
@@ -450,6 +464,9 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
             return
         if settings.pin_workers and hasattr(os, "sched_setaffinity"):
             pin_process(group.claim_cpu(sorted(os.sched_getaffinity(0))))
+        global _BALANCE
+        if settings.balance_connections:
+            _BALANCE = ConnectionBalance(group.dir)
         group.report(-1, None)  # a member from now on: a reload waits for this worker too
         committed = group.committed()
         path = Path(committed.package) if committed else settings.package
@@ -462,6 +479,9 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         finally:
             follower.cancel()
             group.leave()
+            if _BALANCE is not None:
+                _BALANCE.close()
+                _BALANCE = None
             state.metrics.process_exited(os.getpid())
 
     app = _ServiceApp(title="dacdr scoring service", lifespan=lifespan)

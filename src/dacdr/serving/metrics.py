@@ -43,6 +43,8 @@ class ServiceMetrics:
                                  "Request latency, from first byte in to last byte out.", ["path"],
                                  buckets=LATENCY_BUCKETS, **reg)
         self.items = Counter("dacdr_items_scored", "Candidate items scored.", **reg)
+        self.rebalances = Counter("dacdr_connections_rebalanced", "Connections a worker over its share of open "
+                                  "connections closed after a response (--balance-connections).", **reg)
         self.reloads = Counter("dacdr_model_reloads", "Reload attempts by outcome.", ["outcome"], **reg)
         for outcome in ("ok", "failed"):
             self.reloads.labels(outcome)
@@ -58,6 +60,9 @@ class ServiceMetrics:
 
     def add_items(self, n: int) -> None:
         self.items.inc(n)
+
+    def rebalanced(self) -> None:
+        self.rebalances.inc()
 
     def reload(self, outcome: str) -> None:
         self.reloads.labels(outcome).inc()

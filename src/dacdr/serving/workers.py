@@ -10,6 +10,8 @@ ready/<g>/<pid>         "ok" or the error: worker pid has loaded and warmed up p
 workers/<pid>.json      {"generation": g, "version": v}      what worker pid serves now
 reload.lock             flock: one reload at a time across workers
 cpus.json               {pid: cpu}: the CPU each live worker is pinned to (`--pin-workers`), under cpus.lock
+connections.json        {pid: slot}: each live worker's slot in connections.bin (`--balance-connections`)
+connections.bin         one int64 per slot: 1 + the worker's open connections (0: a free slot)
 ```
 
 The worker that receives `POST /v1/admin/reload` writes a proposal; every worker (itself included) loads
@@ -24,7 +26,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
+import mmap
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,3 +189,66 @@ class WorkerGroup:
             if all(m.get("generation") == generation for m in members.values()) or time.monotonic() > deadline:
                 return members
             time.sleep(POLL_SECONDS)
+
+
+class ConnectionBalance:
+    """Open connections per worker in a file the group shares (`connections.bin`, one int64 slot each), so that a
+    worker holding more than its share, ceil(total / live workers), can ask a client to reconnect (`Connection:
+    close` after a response): keep-alive connections are split between workers once, when accepted, and an
+    uneven split (6 of 8 on one worker) leaves one worker queueing while the other idles. The worker that is
+    busier accepts the new connection less often, so the split evens out. Each worker writes only its own slot;
+    a dead worker's slot is cleared when a later worker claims one."""
+
+    SLOTS = 64
+
+    def __init__(self, state_dir: str | Path, pid: int | None = None):
+        self.dir, self.pid = Path(state_dir), pid or os.getpid()
+        self.count = 0
+        with open(self.dir / "connections.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                path = self.dir / "connections.bin"
+                with open(path, "ab") as f:
+                    if f.tell() < self.SLOTS * 8:
+                        f.write(bytes(self.SLOTS * 8 - f.tell()))
+                try:
+                    held = {int(p): int(i) for p, i in json.loads((self.dir / "connections.json").read_text()).items()}
+                except (FileNotFoundError, json.JSONDecodeError, ValueError, AttributeError):
+                    held = {}
+                self._file = open(path, "r+b")  # noqa: SIM115  (kept open for the map's lifetime)
+                self._map = mmap.mmap(self._file.fileno(), self.SLOTS * 8)
+                for p, i in list(held.items()):
+                    if p == self.pid or not _alive(p):
+                        struct.pack_into("q", self._map, 8 * i, 0)
+                        del held[p]
+                free = sorted(set(range(self.SLOTS)) - set(held.values()))
+                if not free:
+                    raise RuntimeError(f"connection balance: more than {self.SLOTS} live workers")
+                self.slot = free[0]
+                _write_json(self.dir / "connections.json", {str(p): i for p, i in (held | {self.pid: self.slot}).items()})
+                self._publish()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _publish(self) -> None:
+        struct.pack_into("q", self._map, 8 * self.slot, self.count + 1)
+
+    def opened(self) -> None:
+        self.count += 1
+        self._publish()
+
+    def closed(self) -> None:
+        self.count = max(self.count - 1, 0)
+        self._publish()
+
+    def over_share(self) -> bool:
+        """Whether this worker holds more connections than ceil(total / live workers)."""
+        if self.count <= 1:
+            return False
+        slots = [v for v in struct.unpack_from(f"{self.SLOTS}q", self._map) if v > 0]
+        return self.count > math.ceil(sum(v - 1 for v in slots) / max(len(slots), 1))
+
+    def close(self) -> None:
+        struct.pack_into("q", self._map, 8 * self.slot, 0)
+        self._map.close()
+        self._file.close()

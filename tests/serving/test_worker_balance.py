@@ -1,5 +1,6 @@
 """`--pin-workers`: every worker of a group claims the CPU fewest live workers hold, so N workers on N CPUs get
-one each and a replaced worker takes the CPU its predecessor left."""
+one each and a replaced worker takes the CPU its predecessor left. `--balance-connections`: a worker knows when
+it holds more than its share of the group's open connections."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from dacdr.serving.workers import WorkerGroup, pin_process
+from dacdr.serving.workers import ConnectionBalance, WorkerGroup, pin_process
 
 
 def _dead_pid() -> int:
@@ -40,3 +41,34 @@ def test_pin_process_pins_every_thread(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"[({min(os.sched_getaffinity(0))},)]"
     assert pin_process is not None
+
+
+def test_a_worker_over_its_share_of_connections_knows_it(tmp_path):
+    a, b = ConnectionBalance(tmp_path, pid=os.getpid()), ConnectionBalance(tmp_path, pid=os.getppid())
+    assert (a.slot, b.slot) == (0, 1)
+    for _ in range(6):
+        a.opened()
+    for _ in range(2):
+        b.opened()
+    assert a.over_share() and not b.over_share()  # 6 of 8 against a share of 4
+    a.closed()
+    b.opened()
+    assert a.over_share()  # 5 of 8
+    a.closed()
+    assert not a.over_share() and not b.over_share()  # 4 of 7: within ceil(7 / 2)
+    a.close()  # a worker that leaves frees its slot: the other one then holds all connections, its share
+    assert not b.over_share()
+    b.close()
+
+
+def test_a_dead_workers_connection_slot_is_cleared_and_reused(tmp_path):
+    dead = ConnectionBalance(tmp_path, pid=_dead_pid())
+    for _ in range(10):
+        dead.opened()  # a worker that died with connections open, without clearing its slot
+    live = ConnectionBalance(tmp_path, pid=os.getpid())
+    assert live.slot == dead.slot  # its slot, cleared
+    for _ in range(3):
+        live.opened()
+    assert not live.over_share()  # the dead worker's ten connections no longer count
+    live.close()
+    dead._map.close()
