@@ -240,6 +240,12 @@ def run_config(name: str, server_args: list[str], args: argparse.Namespace, bodi
     return rows
 
 
+def _metric(url: str, name: str) -> float:
+    """The sum of a Prometheus series over the server's workers (`/metrics`)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
 def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[dict]:
     """Every configuration's server up at once; wrk at each level, configurations interleaved round after
     round, so that a change in the box's load hits all of them alike. Medians over rounds, and ratios
@@ -263,6 +269,7 @@ def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[di
                 for name, proc, url in order:
                     samples.setdefault((name, c), []).append(run_wrk(url, script, c, args.duration, args.client_cpus,
                                                                      proc.pid))
+        rebalanced = {name: _metric(url, "dacdr_connections_rebalanced_total") for name, _, url in servers}
     finally:
         for _, proc, _ in servers:
             stop_server(proc)
@@ -276,6 +283,7 @@ def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[di
                      "p99_ms_worst": max(r["p99_ms"] for r in runs),
                      "throughput_rps_worst": min(r["throughput_rps"] for r in runs),
                      "server_cpu_us": round(float(np.median([r["server_cpu_us"] for r in runs]))),
+                     "rebalanced_whole_run": rebalanced[name],
                      "load1": float(np.mean([r["load1"] for r in runs]))})
     base = {r["concurrency"]: r for r in rows if r["config"] == rows[0]["config"]}
     for r in rows:
