@@ -62,6 +62,7 @@ def test_every_worker_serves_the_package(server, packages):
     answers = both_workers(server.url)
     assert {a["model_version"] for a in answers} == {load_package(packages[0]).version}
     assert server.proc.pid not in {a["worker"] for a in answers}  # worker processes, not the supervisor
+    assert all(a["workers_ready"] == a["workers"] == 2 for a in answers)  # the host is ready once both are
     cpus = {a["worker"]: tuple(a["cpus"]) for a in answers}  # --pin-workers: one CPU each, distinct ones
     assert all(len(c) == 1 for c in cpus.values())
     if len(os.sched_getaffinity(0)) >= 2:

@@ -126,6 +126,7 @@ def serve(
         inline=inline, fast_json=fast_json, history_cache=history_cache,
         onnx_graph=onnx_graph, user_cache=user_cache, fast_route=fast_route,  # type: ignore[arg-type]
         score_threads=score_threads, pin_workers=pin_workers, balance_connections=balance_connections,
+        workers=workers,
     )
     protocol = header_timeout_protocol(read_timeout, http)  # type: ignore[arg-type]
     torch.set_num_threads(threads)

@@ -87,6 +87,8 @@ class ServiceSettings:
     """shared directory of a worker group (`dacdr serve --workers N`, `dacdr.serving.workers`); None: one process"""
     reload_timeout: float = 600.0
     """seconds every worker may take to load and warm up a reloaded package"""
+    workers: int = 1
+    """worker processes of the group: `/readyz` answers 200 only once that many serve a model"""
     pin_workers: bool = False
     """with several workers: pin each to one CPU of those the server may use (`WorkerGroup.claim_cpu`)"""
     balance_connections: bool = False
@@ -630,10 +632,16 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
     def readyz() -> JSONResponse:
         scorer = state.scorer
         if scorer is None:
-            return JSONResponse({"ready": False}, status_code=503)
+            return JSONResponse({"ready": False, "worker": os.getpid()}, status_code=503)
+        group = {}
+        if state.group is not None:  # a host is ready when all its workers are (a balancer routes to the host)
+            serving = sum(m.get("version") is not None for m in state.group.members().values())
+            group = {"workers_ready": serving, "workers": settings.workers}
+            if serving < settings.workers:
+                return JSONResponse({"ready": False, "worker": os.getpid(), **group}, status_code=503)
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         return JSONResponse({"ready": True, "model_version": scorer.version, "engine": scorer.engine.name,
-                             "worker": os.getpid(), "cpus": cpus, **scorer.engine.info()})
+                             "worker": os.getpid(), "cpus": cpus, **group, **scorer.engine.info()})
 
     @app.get("/metrics")
     def metrics() -> Response:
