@@ -287,7 +287,8 @@ def test_split_onnx_engine_end_to_end_with_reload(packages, client):
 
 
 def test_latency_options_do_not_change_answers(packages, client):
-    """Thread pool vs event loop, FastAPI's JSON vs orjson, with and without the history cache, the fast route
+    """Thread pool vs event loop (the default: the fast route on the loop, other routes in the pool), FastAPI's
+    JSON vs orjson, with and without the history cache, the fast route
     or FastAPI's, the split ONNX engine: same bodies."""
     from fastapi.testclient import TestClient
 
@@ -296,7 +297,8 @@ def test_latency_options_do_not_change_answers(packages, client):
     req = {"user_id": 3, "domain": "target_a", "items": [30, 31, "x"]}
     expected = client.post("/v1/score", json=req).json()
     for options in ({"inline": True, "fast_json": False, "history_cache": 0}, {"history_cache": 2},
-                    {"fast_route": False}, {"engine": "onnx", "inline": True}, {"engine": "onnx", "score_threads": 1}):
+                    {"fast_route": False}, {"engine": "onnx", "inline": True}, {"engine": "onnx", "inline": False},
+                    {"engine": "onnx", "inline": False, "score_threads": 1}):
         with TestClient(create_app(ServiceSettings(package=packages[0], **options))) as c:
             for _ in range(2):  # the second answer comes from the cache
                 got = c.post("/v1/score", json=req).json()

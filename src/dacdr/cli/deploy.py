@@ -91,8 +91,9 @@ def serve(
     read_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send its request "
                                                               "headers, and its body")] = 10.0,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (a reload reaches every one)")] = 1,
-    inline: Annotated[bool, typer.Option("--inline/--threadpool",
-                                         help="score on the event loop, or in a thread pool")] = False,
+    inline: Annotated[bool | None, typer.Option(
+        "--inline/--threadpool", help="score on the event loop, or in a thread pool (default: the fast route on "
+                                      "the event loop, other routes in the pool)")] = None,
     fast_json: Annotated[bool, typer.Option("--fast-json/--std-json", help="orjson responses")] = True,
     fast_route: Annotated[bool, typer.Option("--fast-route/--fastapi-route",
                                              help="valid /v1/score bodies skip FastAPI's request machinery")] = True,
@@ -105,10 +106,10 @@ def serve(
     user_cache: Annotated[int, typer.Option(min=0, help="split ONNX graphs: user-side results cached in "
                                                         "memory (0: off)")] = 2048,
     pin_workers: Annotated[bool, typer.Option("--pin-workers/--no-pin-workers",
-                                              help="with --workers N: each worker on one CPU of its own")] = False,
+                                              help="with --workers N: each worker on one CPU of its own")] = True,
     balance_connections: Annotated[bool, typer.Option(
         "--balance-connections/--no-balance-connections",
-        help="with --workers N: a worker over its share of open connections asks a client to reconnect")] = False,
+        help="with --workers N: a worker over its share of open connections asks a client to reconnect")] = True,
 ) -> None:
     """Serve a package over HTTP (FastAPI on uvicorn)."""
     import torch

@@ -69,8 +69,9 @@ class ServiceSettings:
         if self.read_timeout_s <= 0:
             raise ValueError(f"read timeout: must be > 0 s, got {self.read_timeout_s}")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    inline: bool = False
-    """score on the event loop (True) or in FastAPI's thread pool (measured faster: docs/serving.md)"""
+    inline: bool | None = None
+    """score on the event loop (True) or in FastAPI's thread pool (False); None: the fast route on the event loop
+    (first come, first served, no thread hand-off: measured in docs/serving.md), the other routes in the pool"""
     fast_json: bool = True
     """encode responses with orjson (True) or FastAPI's `jsonable_encoder` + `json`"""
     fast_route: bool = True
@@ -89,9 +90,9 @@ class ServiceSettings:
     """seconds every worker may take to load and warm up a reloaded package"""
     workers: int = 1
     """worker processes of the group: `/readyz` answers 200 only once that many serve a model"""
-    pin_workers: bool = False
+    pin_workers: bool = True
     """with several workers: pin each to one CPU of those the server may use (`WorkerGroup.claim_cpu`)"""
-    balance_connections: bool = False
+    balance_connections: bool = True
     """with several workers: a worker over its share of open connections closes one after a fast-route
     response, so that the client reconnects (`ConnectionBalance`)"""
 
@@ -214,7 +215,7 @@ class _FastScore:
 
     def __init__(self, handler, settings: ServiceSettings, metrics: ServiceMetrics):
         self.handler, self.settings, self.metrics = handler, settings, metrics
-        self.inline = settings.inline
+        self.inline = settings.inline is not False
         self.limiter = anyio.CapacityLimiter(settings.score_threads) if settings.score_threads else None
         """at most `score_threads` requests scored at once (others wait on the event loop); None: anyio's pool"""
 
@@ -610,7 +611,7 @@ def create_app(settings: ServiceSettings, scorer: Scorer | None = None) -> FastA
         def in_pool(req):
             return run(req)
 
-        endpoint = on_loop if settings.inline else in_pool
+        endpoint = on_loop if settings.inline is True else in_pool
         endpoint.__annotations__ = {"req": body}
         endpoint.__name__ = handler.__name__
         app.post(path)(endpoint)
