@@ -226,7 +226,6 @@ class CandidateSide(nn.Module):
                 blocks.append(torch.einsum("jJ,hdc->jhdJc", torch.eye(n), per).reshape(n * h * k, n * k))
             self.register_buffer("wc", torch.cat(blocks, dim=1))
             self.h1 = enc_part.shape[1]
-
             self.cosine = _cosine(model.item_attention)
             if self.cosine:
                 self.register_buffer("q_map", model.item_attention.query_map().detach().reshape(k, h * k))
