@@ -27,8 +27,10 @@ import torch
 from rich.console import Console
 
 from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from dacdr.data.features import FIRST_ID
 from dacdr.data.prepare import prepare
-from dacdr.data.synthetic import focus_categories, generate, get_preset
+from dacdr.data.synthetic import SyntheticConfig, focus_categories, generate, get_preset
+from dacdr.data.synthetic.world import build_world
 from dacdr.models.dacdr import DACDR
 from dacdr.models.registry import register
 from dacdr.recipes.bench import bench_settings
@@ -60,6 +62,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # and step 2 replaced by the uniform allocation over the behaviours of the candidate's category (inside the
     # prior: the floored step 1), the ceiling for a perfect item-level step
     "oitem": ("DACDR oracle-item", V02),
+    # and the item table started from the world's item styles (the residual of each item's latent vector): what
+    # the models would do if their item embeddings carried the style the mechanism's item-level part compares
+    "oemb DACDR": ("DACDR oracle-embedding", V02),
+    "oemb w/o DA": ("DACDR w/o DA oracle-embedding", V02),
+    "oemb w/o IA": ("DACDR w/o IA oracle-embedding", V02),
+    "oemb pool": ("DACDR w/o DA&IA oracle-embedding", V02),
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "id": {"value_init": "identity"},
@@ -79,6 +87,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "floor": {"prior_floor": True},
     "bonus": {"match_bonus": True},
     "bonus2": {"match_bonus": True, "match_bonus_init": 2.0},
+    "frozen": {"freeze_items": True},  # `oemb` probes only: the item table stays at its start
+    "norm1": {"item_norm": 1.0},  # `oemb` probes only: the styles at unit length (0.3 without)
 }
 
 
@@ -112,6 +122,55 @@ class OracleFocusDACDR(DACDR):
         finally:
             del att.weights
             self.fuse_steps = fuse
+
+
+class OracleEmbeddingDACDR(DACDR):
+    """Study probe: DACDR (or an ablation) whose item table starts from the world's item styles, written by
+    `run` to `item_init` (a .npy of [item vocabulary, dim]); never a user-facing model."""
+
+    def __init__(self, spec: Any, item_init: str | None = None, freeze_items: bool = False, item_norm: float = 0.3,
+                 **params: Any):
+        super().__init__(spec, **params)
+        self.params |= {"item_init": item_init, "freeze_items": freeze_items, "item_norm": item_norm}
+        if item_init is not None:
+            with torch.no_grad():
+                self.embeddings.tables["item"].weight.copy_(torch.from_numpy(np.load(item_init)))
+        if freeze_items:  # a buffer, not a parameter: the trainer's phases set requires_grad on parameters
+            self.embeddings.tables["item"] = _FrozenEmbedding(self.embeddings.tables["item"].weight.detach().clone())
+
+
+class _FrozenEmbedding(torch.nn.Module):
+    """An embedding table that training never updates (same state-dict key as nn.Embedding's)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(ids, self.weight, padding_idx=0)
+
+
+for _name, _variant in (("DACDR", "full"), ("DACDR w/o DA", "no_da"), ("DACDR w/o IA", "no_ia"),
+                        ("DACDR w/o DA&IA", "pool")):
+    register(f"{_name} oracle-embedding", OracleEmbeddingDACDR, family="study", order=999, variant=_variant)
+
+
+def oracle_item_init(prepared: Any, path: Path, dim: int, norm: float = 0.3, seed: int = 0) -> np.ndarray:
+    """[item vocabulary, dim]: each item's style residual (unit length times `norm`) in the first latent_dim
+    columns, the rest the table's usual N(0, 0.05) start; padding and unknown ids random too."""
+    spec = json.loads((path / "dataset.json").read_text())["generator"]
+    cfg = SyntheticConfig.model_validate(spec["config"])
+    world = build_world(cfg, int(spec["seed"]))
+    rng = np.random.default_rng(seed)
+    vocab = prepared.vocabs["item"]
+    table = rng.normal(0.0, 0.05, (prepared.spec.vocab_sizes["item"], dim)).astype(np.float32)
+    ids = np.asarray(vocab.values).astype(np.int64)
+    res = world.item_residual[ids]
+    res = res / np.linalg.norm(res, axis=1, keepdims=True).clip(1e-12) * norm
+    k = min(dim, res.shape[1])
+    table[FIRST_ID:FIRST_ID + len(ids), :k] = res[:, :k]
+    table[0] = 0.0
+    return table
 
 
 @register("DACDR oracle-item", family="study", order=999)
@@ -225,6 +284,14 @@ def run(args: argparse.Namespace) -> None:
             if name == "DACDR oracle-item":
                 params |= {"category_field": prepared.spec.sequence_fields.index("category"),
                            "item_category": prepared.spec.item_fields.index("category")}
+            if name.endswith("oracle-embedding"):
+                norm = params.get("item_norm", 0.3)
+                init = Path(args.runs) / label_world / ("oracle-item-init.npy" if norm == 0.3
+                                                        else f"oracle-item-init-norm{norm}.npy")
+                if not init.exists():
+                    init.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(init, oracle_item_init(prepared, path, params["dim"], norm=norm))
+                params |= {"item_init": str(init)}
             if name == "DACDR oracle-focus":
                 cats = prepared.vocabs["category"]
                 params |= {"focus_field": prepared.spec.sequence_fields.index("category"),
