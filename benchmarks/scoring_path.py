@@ -158,11 +158,7 @@ def session_options(args: argparse.Namespace) -> None:
                 setattr(opts, key, value)
         sessions[name] = ort.InferenceSession(cand_graph, opts, providers=["CPUExecutionProvider"])
     scorer = Scorer.load(args.package, "onnx", 1, 0, "split")
-    feeds = []
-    for q in _queries(scorer, args)[:50]:
-        inputs = scorer._inputs([scorer.resolve(q)], [scorer.domain_row(q)], [scorer.item_indices(q.items)], [q.user_id])
-        feeds.append({"item": inputs["item"], **scorer.engine.user_side(inputs["seq"], inputs["seq_mask"],
-                                                                         inputs["domain"])})
+    feeds = _candidate_feeds(scorer, args)
     times: dict[str, list[float]] = {n: [] for n in sessions}
     for rnd in range(args.rounds):
         for name, sess in (list(sessions.items()) if rnd % 2 == 0 else list(sessions.items())[::-1]):
@@ -176,6 +172,16 @@ def session_options(args: argparse.Namespace) -> None:
     print("| session options | µs per call | ratio |\n|---|---|---|")
     for name, v in times.items():
         print(f"| {name} | {np.median(v):.0f} | {np.median(v) / base:.2f} |")
+
+
+def _candidate_feeds(scorer: Scorer, args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
+    """The candidate-side graph's inputs for 50 of the benchmark's queries (the user side computed once each)."""
+    feeds = []
+    for q in _queries(scorer, args)[:50]:
+        inputs = scorer._inputs([scorer.resolve(q)], [scorer.domain_row(q)], [scorer.item_indices(q.items)], [q.user_id])
+        feeds.append({"item": inputs["item"], **scorer.engine.user_side(inputs["seq"], inputs["seq_mask"],
+                                                                         inputs["domain"])})
+    return feeds
 
 
 def candidate_graph(args: argparse.Namespace) -> None:
@@ -193,11 +199,7 @@ def candidate_graph(args: argparse.Namespace) -> None:
         _, graph, _ = split_onnx_bytes(pkg.model, head_mean=head_mean)
         sessions[name] = ort.InferenceSession(graph, _session_options(1), providers=["CPUExecutionProvider"])
     scorer = Scorer.load(args.package, "onnx", 1, 0, "split")
-    feeds = []
-    for q in _queries(scorer, args)[:50]:
-        inputs = scorer._inputs([scorer.resolve(q)], [scorer.domain_row(q)], [scorer.item_indices(q.items)], [q.user_id])
-        feeds.append({"item": inputs["item"], **scorer.engine.user_side(inputs["seq"], inputs["seq_mask"],
-                                                                         inputs["domain"])})
+    feeds = _candidate_feeds(scorer, args)
     bound = [{k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in f.items()} for f in feeds]
     served = sessions["head-mean graph (served)"]
     runs = {name: (lambda s=sess: [s.run(["score"], f) for f in feeds]) for name, sess in sessions.items()}
