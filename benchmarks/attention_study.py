@@ -89,6 +89,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "bonus2": {"match_bonus": True, "match_bonus_init": 2.0},
     "frozen": {"freeze_items": True},  # `oemb` probes only: the item table stays at its start
     "norm1": {"item_norm": 1.0},  # `oemb` probes only: the styles at unit length (0.3 without)
+    "imatch": {"item_match": True},  # `oemb` probes only: the item's match on the item table alone
 }
 
 
@@ -129,14 +130,28 @@ class OracleEmbeddingDACDR(DACDR):
     `run` to `item_init` (a .npy of [item vocabulary, dim]); never a user-facing model."""
 
     def __init__(self, spec: Any, item_init: str | None = None, freeze_items: bool = False, item_norm: float = 0.3,
-                 **params: Any):
+                 item_match: bool = False, **params: Any):
         super().__init__(spec, **params)
-        self.params |= {"item_init": item_init, "freeze_items": freeze_items, "item_norm": item_norm}
+        self.params |= {"item_init": item_init, "freeze_items": freeze_items, "item_norm": item_norm,
+                        "item_match": item_match}
+        self.item_match = item_match
         if item_init is not None:
             with torch.no_grad():
                 self.embeddings.tables["item"].weight.copy_(torch.from_numpy(np.load(item_init)))
         if freeze_items:  # a buffer, not a parameter: the trainer's phases set requires_grad on parameters
             self.embeddings.tables["item"] = _FrozenEmbedding(self.embeddings.tables["item"].weight.detach().clone())
+
+
+    def attend(self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor,
+               domain: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().attend(seq, seq_mask, item, domain)
+        if self.item_match:  # the candidate item's match read on the item table alone, not the summed tokens
+            f_seq, f_item = self.spec.sequence_fields.index("item"), self.spec.item_fields.index("item")
+            items = self.embeddings.tables["item"](seq[..., f_seq])  # [B or 1, L, k]
+            offered = out["offered"].clone()
+            offered[:, f_item] = (out["A_i"].mean(1)[:, f_item, None, :] @ items).squeeze(1)
+            out["offered"] = offered
+        return out
 
 
 class _FrozenEmbedding(torch.nn.Module):
