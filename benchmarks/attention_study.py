@@ -235,32 +235,35 @@ def variant(label: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+def synthetic_config(name: str) -> SyntheticConfig:
+    """The generator config of a world label: a preset, `mechanism-s<STRENGTH>` or
+    `mechanism-i<WEIGHT>[-b<SPREAD>][-best]` (module docstring)."""
+    if name.startswith("mechanism-s"):
+        return get_preset("mechanism", mechanism={"strength": float(name.removeprefix("mechanism-s"))})
+    if name.startswith("mechanism-i"):
+        # The item-level part's weight (the preset's is 1): how much step 2's selection is worth; `-b<S>` moves
+        # the items' style residual from their brand to the item itself (brand spread S, the item spread raised
+        # to keep the residual's variance), so that brand matches no longer reveal it; `-best`: the item-level
+        # part is the best match instead of the mean similarity.
+        weight, *opts = name.removeprefix("mechanism-i").split("-")
+        brand = next((o[1:] for o in opts if o.startswith("b") and o != "best"), "")
+        mech: dict[str, Any] = {"item_weight": float(weight)} | ({"item_part": "best"} if "best" in opts else {})
+        overrides: dict[str, Any] = {"mechanism": mech}
+        if brand:
+            base = get_preset("mechanism")
+            total = base.brand_latent_noise**2 + base.item_latent_noise**2
+            overrides |= {"brand_latent_noise": float(brand), "item_latent_noise": math.sqrt(total - float(brand) ** 2)}
+        return get_preset("mechanism", **overrides)
+    return get_preset(name)
+
+
 def world(name: str, root: Path) -> tuple[Path, DataConfig, TrainConfig, int]:
     """Dataset directory (generated on first use), data config, training budget and embedding size."""
+    synth = synthetic_config(name)
     if name == "industrial":
         settings = bench_settings("industrial")
-        synth, rate, train, dim = get_preset("industrial"), settings.source_sample_rate, settings.train, 16
+        rate, train, dim = settings.source_sample_rate, settings.train, 16
     else:
-        if name.startswith("mechanism-s"):
-            strength = float(name.removeprefix("mechanism-s"))
-            synth = get_preset("mechanism", mechanism={"strength": strength})
-        elif name.startswith("mechanism-i"):
-            # The item-level part's weight (the preset's is 1): how much step 2's selection is worth; `-b<S>`
-            # moves the items' style residual from their brand to the item itself (brand spread S, the item
-            # spread raised to keep the residual's variance), so that brand matches no longer reveal it.
-            # `-best`: the item-level part is the best match instead of the mean similarity.
-            weight, *opts = name.removeprefix("mechanism-i").split("-")
-            brand = next((o[1:] for o in opts if o.startswith("b") and o != "best"), "")
-            mech: dict[str, Any] = {"item_weight": float(weight)} | ({"item_part": "best"} if "best" in opts else {})
-            overrides: dict[str, Any] = {"mechanism": mech}
-            if brand:
-                base = get_preset("mechanism")
-                total = base.brand_latent_noise**2 + base.item_latent_noise**2
-                overrides |= {"brand_latent_noise": float(brand),
-                              "item_latent_noise": math.sqrt(total - float(brand) ** 2)}
-            synth = get_preset("mechanism", **overrides)
-        else:
-            synth = get_preset(name)
         _, train = demo_settings(quick=False)
         rate, dim = DEMO_SOURCE_SAMPLE_RATE, 32
     path = root / name

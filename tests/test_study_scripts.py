@@ -1,0 +1,69 @@
+"""The attention study's scripts: benchmarks/mechanism_parts.py (what selection is worth, no training) on the tiny
+mechanism world, with the mean and the best-match item-level part, and attention_study.py's world labels."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from dacdr.data.synthetic import generate, get_preset
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mechanism_parts = load(BENCH / "mechanism_parts.py")
+
+
+@pytest.mark.parametrize("item_part", ["mean", "best"])
+def test_mechanism_parts_scores_every_target(tmp_path, item_part) -> None:
+    root = generate(get_preset("mechanism-tiny", mechanism={"item_part": item_part}), tmp_path / item_part, seed=0)
+    rows = mechanism_parts.parts(root)
+    assert [r["target"] for r in rows] == ["target_1", "target_2"]
+    for r in rows:
+        assert r["rows"] > 100
+        # the exact term is the labels' own: it lifts the plug-in, and taking the selection away loses AUC
+        assert r["plug-in + exact term"] > r["plug-in"] + 0.05
+        assert r["plug-in + exact term"] > r["+ term, both unselected"]
+        assert r["oracle"] >= r["plug-in + exact term"] - 0.02
+
+
+def test_mechanism_parts_refuses_a_world_without_the_mechanism(tmp_path) -> None:
+    root = generate(get_preset("mechanism-tiny", mechanism={"strength": 0.0}), tmp_path / "off", seed=0)
+    with pytest.raises(SystemExit, match="no mechanism"):
+        mechanism_parts.parts(root)
+
+
+def test_attention_study_world_labels() -> None:
+    # in a subprocess: importing the study registers its study-only probes, which this test session must not see
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import attention_study as a\n"
+        "print(json.dumps({w: a.synthetic_config(w).model_dump(mode='json') for w in "
+        "['mechanism-i3-b0-best', 'mechanism-i2', 'mechanism-s0.5', 'demo']}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True, check=True)
+    cfg = json.loads(out.stdout.strip().splitlines()[-1])
+    base = get_preset("mechanism")
+    i3 = cfg["mechanism-i3-b0-best"]
+    assert i3["mechanism"] | {"item_weight": 1.0, "item_part": "mean"} == base.mechanism.model_dump(mode="json")
+    assert (i3["mechanism"]["item_weight"], i3["mechanism"]["item_part"]) == (3.0, "best")
+    assert i3["brand_latent_noise"] == 0.0
+    assert math.isclose(i3["item_latent_noise"] ** 2, base.brand_latent_noise**2 + base.item_latent_noise**2)
+    assert cfg["mechanism-i2"]["mechanism"]["item_weight"] == 2.0
+    assert cfg["mechanism-i2"]["brand_latent_noise"] == base.brand_latent_noise
+    assert cfg["mechanism-s0.5"]["mechanism"]["strength"] == 0.5
+    assert cfg["demo"] == get_preset("demo").model_dump(mode="json")
