@@ -156,7 +156,7 @@ class MechanismConfig(_Frozen):
         description="how the item-level part reads the candidate's category in her history: 'mean' = the "
         "recency-weighted mean similarity (above); 'best' = the best match, twice the largest recency-weighted "
         "similarity (recency weight x cosine) among those behaviours, 0 when she has none — a maximum, which "
-        "no count of shared fields and no pooled mean of the history can give",
+        "no pooled mean of the history gives exactly (a count of the candidate's brand approximates it)",
     )
     recency_half_life: float | None = Field(
         None,
