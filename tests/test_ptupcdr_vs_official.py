@@ -4,31 +4,21 @@ official code itself when a copy is on disk: $PTUPCDR_OFFICIAL, default /tmp/ptu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.benchmark_scripts import BENCH, load
 from tests.test_ptupcdr_export import write_amazon_pair
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 OFFICIAL = Path(os.environ.get("PTUPCDR_OFFICIAL", "/tmp/ptupcdr-official"))
-
-
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 drive = load(BENCH / "ptupcdr_official" / "drive.py")

@@ -3,28 +3,15 @@ mechanism world, with the mean and the best-match item-level part, and attention
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from dacdr.data.synthetic import generate, get_preset
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.benchmark_scripts import BENCH, load
 
 mechanism_parts = load(BENCH / "mechanism_parts.py")
 
