@@ -32,6 +32,7 @@ from dacdr.data.prepare import prepare
 from dacdr.data.synthetic import SyntheticConfig, focus_categories, generate, get_preset
 from dacdr.data.synthetic.world import build_world
 from dacdr.models.dacdr import DACDR
+from dacdr.models.layers import CrossAttention
 from dacdr.models.registry import register
 from dacdr.recipes.bench import bench_settings
 from dacdr.recipes.demo import DEMO_SOURCE_SAMPLE_RATE, demo_settings
@@ -44,7 +45,8 @@ from dacdr.training.checkpoint import load_model
 V01 = {"match_on": "values", "ablation": "drop"}  # dacdr 0.1's DACDR and ablations
 # dacdr 0.2's defaults, pinned so that a label keeps its meaning when the registry's defaults move (0.3 turned
 # on the count features: `DACDR+hits` is 0.3's DACDR; 0.4 the sharper steps: `DACDR+hits+T0.25+floor`)
-V02 = {"match_counts": False, "domain_mass_feature": False, "temperature": 1.0, "prior_floor": False}
+V02 = {"match_counts": False, "domain_mass_feature": False, "temperature": 1.0, "prior_floor": False,
+       "domain_prior": False}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "paper": ("DACDR (paper)", {}),
     "v0.1 DACDR": ("DACDR", V01 | V02),
@@ -59,6 +61,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # study-only probe (mechanism worlds): step 1 replaced by the world's truth, the uniform allocation over the
     # behaviours in the target's focus categories; the architecture's ceiling for a perfect domain-level step
     "ofocus": ("DACDR oracle-focus", V02),
+    # the same with the world's soft focus (plain worlds): step 1's allocation proportional to the target's focus
+    # weight of each behaviour's topic, so that its normaliser is the interest term's Z (plan item 38)
+    "ofocus-soft": ("DACDR oracle-focus", V02 | {"soft": True}),
     # and step 2 replaced by the uniform allocation over the behaviours of the candidate's category (inside the
     # prior: the floored step 1), the ceiling for a perfect item-level step
     "oitem": ("DACDR oracle-item", V02),
@@ -68,6 +73,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "oemb w/o DA": ("DACDR w/o DA oracle-embedding", V02),
     "oemb w/o IA": ("DACDR w/o IA oracle-embedding", V02),
     "oemb pool": ("DACDR w/o DA&IA oracle-embedding", V02),
+    # step 1's query-key map reparametrised with a gain (`+g4`, `+g16`): the same start, and under Adam the
+    # map learns about that many times faster (plan item 39); a probe of whether step 1's speed is the limit
+    "gain DACDR": ("DACDR step1-gain", V02),
+    "gain w/o IA": ("DACDR w/o IA step1-gain", V02),
+    # step 1's logits plus a learnt bias per (domain feature value, behaviour category), started at 0 (plan item
+    # 40; a study-only probe then, the model's `domain_prior` since, gain 1 as first measured): a direct path for
+    # the domain's focus over the history's topics
+    "dprior DACDR": ("DACDR", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
+    "dprior w/o IA": ("DACDR w/o IA", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "id": {"value_init": "identity"},
@@ -90,6 +104,11 @@ LEVERS: dict[str, dict[str, Any]] = {
     "frozen": {"freeze_items": True},  # `oemb` probes only: the item table stays at its start
     "norm1": {"item_norm": 1.0},  # `oemb` probes only: the styles at unit length (0.3 without)
     "imatch": {"item_match": True},  # `oemb` probes only: the item's match on the item table alone
+    "g4": {"step1_gain": 4.0},  # `gain` probes only
+    "g16": {"step1_gain": 16.0},
+    "g64": {"step1_gain": 64.0},
+    "pg4": {"domain_prior_gain": 4.0},  # with `dprior`: the table times 4 (it learns 4 times faster under Adam)
+    "pg16": {"domain_prior_gain": 16.0},
 }
 
 
@@ -98,30 +117,49 @@ class OracleFocusDACDR(DACDR):
     """Study probe: DACDR whose step 1 is the world's truth (see `ofocus`); never a user-facing model."""
 
     def __init__(self, spec: Any, oracle_focus: dict[str, list[int]] | None = None, focus_field: int = 1,
-                 n_categories: int = 1, **params: Any):
+                 n_categories: int = 1, soft: bool = False, focus_weights: dict[str, list[float]] | None = None,
+                 **params: Any):
         super().__init__(spec, **params)
-        self.params |= {"oracle_focus": oracle_focus, "focus_field": focus_field, "n_categories": n_categories}
+        self.params |= {"oracle_focus": oracle_focus, "focus_field": focus_field, "n_categories": n_categories,
+                        "soft": soft, "focus_weights": focus_weights}
         table = torch.zeros(max(int(k) for k in oracle_focus) + 1, n_categories, dtype=torch.bool)
         for dom, cats in oracle_focus.items():
             table[int(dom), cats] = True
         self.register_buffer("focus_table", table, persistent=False)
+        # soft: [domains, categories] focus weights, indexed by the category vocabulary (unknown ids: the mean);
+        # a domain without weights (the source) attends uniformly
+        weights = torch.ones(table.shape)
+        for dom, ws in (focus_weights or {}).items():
+            weights[int(dom)] = torch.tensor(ws)
+        self.register_buffer("focus_weights", weights if soft else None, persistent=False)
         self.focus_field = focus_field
 
     def attend(self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor,
                domain: torch.Tensor) -> dict[str, torch.Tensor]:
         b = domain.shape[0]
-        rows = self.focus_table[domain[:, 0].clamp_max(self.focus_table.shape[0] - 1)]  # [B, C]
-        rel = torch.gather(rows, 1, seq[..., self.focus_field].expand(b, -1)) & seq_mask.expand(b, -1)
-        rel = torch.where(rel.any(1, keepdim=True), rel, seq_mask.expand(b, -1))  # none in focus: uniform
-        w = rel.float() / rel.float().sum(1, keepdim=True).clamp_min(1.0)
+        dom = domain[:, 0].clamp_max(self.focus_table.shape[0] - 1)
+        if self.focus_weights is not None:  # soft: proportional to the domain's weight of each behaviour's topic
+            rel_w = torch.gather(self.focus_weights[dom], 1, seq[..., self.focus_field].expand(b, -1))
+            rel_w = rel_w * seq_mask.expand(b, -1)
+        else:
+            rows = self.focus_table[dom]  # [B, C]
+            rel = torch.gather(rows, 1, seq[..., self.focus_field].expand(b, -1)) & seq_mask.expand(b, -1)
+            rel_w = torch.where(rel.any(1, keepdim=True), rel, seq_mask.expand(b, -1)).float()  # none: uniform
+        w = rel_w / rel_w.sum(1, keepdim=True).clamp_min(1e-12)
         att = self.domain_attention
-        att.weights = lambda q, *a, **k: w[:, None, None, :].expand(-1, att.heads, q.shape[1], -1)
+
+        def weights_from_scores(logits: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, log_prior: Any,
+                                with_mass: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            weights = w[:, None, None, :].expand(-1, att.heads, logits.shape[1] // att.heads, -1)
+            return weights, (torch.zeros(weights.shape[0], weights.shape[2]) if with_mass else None)
+
+        att.weights_from_scores = weights_from_scores
         fuse = self.fuse_steps
         self.fuse_steps = False  # the probe replaces the step's own method
         try:
             return super().attend(seq, seq_mask, item, domain)
         finally:
-            del att.weights
+            del att.weights_from_scores
             self.fuse_steps = fuse
 
 
@@ -168,6 +206,52 @@ class _FrozenEmbedding(torch.nn.Module):
 for _name, _variant in (("DACDR", "full"), ("DACDR w/o DA", "no_da"), ("DACDR w/o IA", "no_ia"),
                         ("DACDR w/o DA&IA", "pool")):
     register(f"{_name} oracle-embedding", OracleEmbeddingDACDR, family="study", order=999, variant=_variant)
+
+
+class _GainAttention(CrossAttention):
+    """`CrossAttention` whose query-key map is ``gain`` times the product of its (rescaled) weights."""
+
+    gain: float = 1.0
+
+    def query_map(self) -> torch.Tensor:
+        return super().query_map() * self.gain
+
+
+class StepOneGainDACDR(DACDR):
+    """Study probe: DACDR whose step-1 map ``W_Q^T W_K`` is ``gain`` times the product of weights started at
+    ``1 / sqrt(gain)`` of the usual: the same model at the start, step 1 learning faster; never user-facing."""
+
+    def __init__(self, spec: Any, step1_gain: float = 1.0, **params: Any):
+        super().__init__(spec, **params)
+        self.params |= {"step1_gain": step1_gain}
+        da = self.domain_attention
+        if da is not None and da.w_q is not None:
+            with torch.no_grad():
+                da.w_q.weight.div_(math.sqrt(step1_gain))
+                da.w_k.weight.div_(math.sqrt(step1_gain))
+            da.__class__ = _GainAttention
+            da.gain = step1_gain
+
+
+for _name, _variant in (("DACDR", "full"), ("DACDR w/o IA", "no_ia")):
+    register(f"{_name} step1-gain", StepOneGainDACDR, family="study", order=999, variant=_variant)
+
+
+def focus_weights(path: Path, prepared: Any) -> dict[str, list[float]]:
+    """Per target domain id, the world's focus weight of each category id (the vocabulary's order; ids that are
+    no topic, padding and unknown, get the mean weight): the soft oracle step 1 of `ofocus-soft`."""
+    spec = json.loads((path / "dataset.json").read_text())["generator"]
+    w = build_world(SyntheticConfig.model_validate(spec["config"]), int(spec["seed"]))
+    cats = prepared.vocabs["category"]
+    out = {}
+    for d, name in enumerate(w.domains):
+        if d == 0:
+            continue
+        row = [float(w.focus[d].mean())] * prepared.spec.vocab_sizes["category"]
+        for t in range(w.focus.shape[1]):
+            row[cats.lookup(f"cat_{t:02d}")] = float(w.focus[d][t])
+        out[str(prepared.vocabs["domain"].lookup(name))] = row
+    return out
 
 
 def oracle_item_init(prepared: Any, path: Path, dim: int, norm: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -316,6 +400,8 @@ def run(args: argparse.Namespace) -> None:
                            "n_categories": len(cats),
                            "oracle_focus": {str(prepared.vocabs["domain"].lookup(d)): [cats.lookup(c) for c in cs]
                                             for d, cs in focus_categories(path).items()}}
+                if params.get("soft"):
+                    params["focus_weights"] = focus_weights(path, prepared)
             cfg = RunConfig(data=data_cfg, model=ModelConfig(name=name, params=params),
                             train=train.model_copy(update={"seed": seed, "num_threads": args.threads}))
             run_dir = Path(args.runs) / label_world / f"{label.replace('/', '').replace(' ', '_')}-seed{seed}"

@@ -71,6 +71,8 @@ VARIANTS = [
     ("DACDR", {"attention_score": "cosine", "prior_floor": True, "temperature": 0.25}),
     ("DACDR w/o DA", {"attention_score": "cosine", "mass_feature": True, "position_keys": True}),
     ("DACDR", {"prior_floor": True, "mass_feature": True}),
+    ("DACDR", {"domain_prior": True, "domain_mass_feature": True}),  # step 1's domain prior (random below)
+    ("DACDR w/o IA", {"domain_prior": True}),
 ]
 
 
@@ -83,6 +85,8 @@ def test_split_graphs_match_eager_and_single_graph(package, name, params):
         model.predictor[-1].weight.mul_(30.0)
         if getattr(model, "prior_logit", None) is not None:
             model.prior_logit.fill_(0.3)  # a floor well inside (0, 1)
+        for table in getattr(model, "domain_prior", None) or []:
+            table.normal_(0.0, 1.0)  # it starts at 0: give the split something to get wrong
     assert split_support(model) is None
     user_graph, cand_graph, names = split_onnx_bytes(model)
     user, cand, single = _session(user_graph), _session(cand_graph), _session(onnx_bytes(model))

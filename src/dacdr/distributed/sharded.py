@@ -95,6 +95,7 @@ class LookedUp(nn.Module):
     ids of the item fields (for models that compare ids, e.g. DACDR's count features) are handed over per call."""
 
     ids: tuple[torch.Tensor, torch.Tensor] | None = None
+    dom_ids: torch.Tensor | None = None
 
     def sequence(self, seq: torch.Tensor) -> torch.Tensor:
         return seq
@@ -106,6 +107,11 @@ class LookedUp(nn.Module):
         if self.ids is None:
             raise RuntimeError("LookedUp.item_ids: the sharded model's forward did not hand over the ids")
         return self.ids
+
+    def domain_ids(self, domain: torch.Tensor) -> torch.Tensor:
+        if self.dom_ids is None:
+            raise RuntimeError("LookedUp.domain_ids: the sharded model's forward did not hand over the ids")
+        return self.dom_ids
 
 
 class ShardableModel(nn.Module):
@@ -145,10 +151,12 @@ class ShardableModel(nn.Module):
             seq_ids[..., j] = seq_ids[..., j].index_put(where, features[feature_name("seq", f)].values())
         item_ids = torch.stack([features[feature_name("item", f)].values() for f in spec.item_fields], dim=1)
         self.dense.embeddings.ids = (seq_ids, item_ids)
+        self.dense.embeddings.dom_ids = torch.stack(
+            [features[feature_name("domain", f)].values() for f in spec.domain_fields], dim=1)
         try:
             return self.dense(seq, seq_mask, item, domain)
         finally:
-            self.dense.embeddings.ids = None
+            self.dense.embeddings.ids = self.dense.embeddings.dom_ids = None
 
 
 def check_supported(model: RecModel) -> None:

@@ -67,7 +67,11 @@ class DACDR(RecModel):
     ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high);
     ``attention_score="cosine"`` scores by the cosine of query map and token times a learnt per-head scale;
     ``prior_floor`` mixes step 2's prior with the uniform allocation by a learnt share; ``match_bonus`` adds a
-    learnt per-field bonus to step 2's logits for behaviours that share the candidate's item / category / brand.
+    learnt per-field bonus to step 2's logits for behaviours that share the candidate's item / category / brand;
+    ``domain_prior`` adds to step 1's logits a learnt bias per (domain feature value, behaviour attribute value),
+    e.g. (page type, category): a direct path for a domain's focus over the history's topics, started at 0 and
+    scaled by ``domain_prior_gain`` (the rate at which Adam moves it); keyed on the ``domain_prior_fields`` among
+    the item features (not the item id) that the dataset has — none: no prior.
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -104,6 +108,9 @@ class DACDR(RecModel):
         prior_floor: bool = True,
         match_bonus: bool = False,
         match_bonus_init: float = 0.0,
+        domain_prior: bool = False,
+        domain_prior_fields: tuple[str, ...] = ("category",),
+        domain_prior_gain: float = 4.0,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
@@ -112,7 +119,8 @@ class DACDR(RecModel):
             position_keys=position_keys, temperature=temperature, mass_feature=mass_feature,
             match_counts=match_counts, count_weights=count_weights, domain_mass_feature=domain_mass_feature,
             attention_score=attention_score, cosine_scale=cosine_scale, prior_floor=prior_floor,
-            match_bonus=match_bonus, match_bonus_init=match_bonus_init,
+            match_bonus=match_bonus, match_bonus_init=match_bonus_init, domain_prior=domain_prior,
+            domain_prior_fields=list(domain_prior_fields), domain_prior_gain=domain_prior_gain,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -140,6 +148,18 @@ class DACDR(RecModel):
         # sees the candidate beside each behaviour; starts at `match_bonus_init` (0: the model without it)
         self.match_bonus = (nn.Parameter(torch.full((n,), float(match_bonus_init)))
                             if match_bonus and self.use_ia else None)
+        # (lever, docs/models.md) step 1's logits gain a learnt bias per (domain feature value, behaviour attribute
+        # value), one table per pair of fields, started at 0 (the model without it): the domain's focus over the
+        # history's topics written directly instead of learnt through the product of four small embeddings
+        # (query, W_Q, W_K, key), which two epochs do not move far from uniform (docs/results.md)
+        self.prior_pairs: list[tuple[int, int]] = []  # (domain field index, item field index)
+        if domain_prior and self.use_da:
+            attrs = [f for f in domain_prior_fields if f in spec.item_fields[1:]]
+            self.prior_pairs = [(j, spec.item_fields.index(f)) for j in range(m) for f in attrs]
+        self.domain_prior = nn.ParameterList(
+            [nn.Parameter(torch.zeros(spec.vocab_sizes[spec.domain_fields[j]], spec.vocab_sizes[spec.item_fields[g]]))
+             for j, g in self.prior_pairs]) if self.prior_pairs else None
+        self.domain_prior_gain = domain_prior_gain
         self.positions = nn.Embedding(spec.max_len, dim) if position_keys else None
         if self.positions is not None:
             nn.init.normal_(self.positions.weight, std=0.05)
@@ -173,17 +193,35 @@ class DACDR(RecModel):
     def legacy_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """A description written before a default moved describes the model it was trained as: no `match_on`
         (dacdr 0.1) = values match and dropped steps; no `match_counts` (before 0.3) = no count features; no
-        `prior_floor` (before 0.4) = step 2's prior is alpha itself, and softmax temperature 1."""
+        `prior_floor` (before 0.4) = step 2's prior is alpha itself, and softmax temperature 1; no `domain_prior`
+        (before 0.5) = none."""
         if "match_on" not in params:
             params = params | {"match_on": "values", "ablation": "drop"}
         if "match_counts" not in params:
             params = params | {"match_counts": False}
         if "prior_floor" not in params:
             params = {"temperature": 1.0} | params | {"prior_floor": False}
+        if "domain_prior" not in params:
+            params = params | {"domain_prior": False}
         return params
 
     def output_layer(self) -> nn.Linear:
         return self.predictor[-1]
+
+    def step1_prior(self, seq: torch.Tensor, item: torch.Tensor, domain: torch.Tensor) -> torch.Tensor | None:
+        """[B, L]: the domain prior of each behaviour (``domain_prior``), or None without one."""
+        if self.domain_prior is None:
+            return None
+        emb = self.embeddings
+        seq_ids, _ = emb.item_ids(seq, item)  # [B or 1, L, >= n]: the item fields lead the sequence's
+        dom_ids = emb.domain_ids(domain)  # [B or 1, m]
+        out = None
+        for (j, g), table in zip(self.prior_pairs, self.domain_prior, strict=True):
+            # a flat gather (one index per behaviour): what every exporter knows
+            index = dom_ids[:, j, None] * table.shape[1] + seq_ids[..., g]
+            term = table.reshape(-1)[index]
+            out = term if out is None else out + term
+        return self.domain_prior_gain * out
 
     def attend(
         self, seq: torch.Tensor, seq_mask: torch.Tensor, item: torch.Tensor, domain: torch.Tensor
@@ -213,13 +251,14 @@ class DACDR(RecModel):
         # not cover (position keys, cosine scores, the match bonus, autocast) take the graph below.
         core = (fuse and self.fused_core and self.positions is None and self.match_bonus is None
                 and da.log_scale is None and not torch.is_autocast_enabled(s.device.type))
+        prior_d = self.step1_prior(seq, item, domain) if self.use_da else None
         if core:
             rows_d = da.query_rows(e_d)
             md, h, length = rows_d.shape[1], da.heads, s.shape[1]
             mix = torch.sigmoid(self.prior_logit) if self.prior_logit is not None else None
             pooled, w, alpha, log_mass_d, log_mass = two_step_attention(
                 torch.cat([rows_d, ia.query_rows(e_i)], dim=1), s, seq_mask, mix, md,
-                self.domain_mass_feature, self.mass_feature)
+                self.domain_mass_feature, self.mass_feature, prior_d)
             a_d = w[:, :md].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, m, L]
             a_i = w[:, md:].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, n, L]
             if log_mass_d is not None:
@@ -235,12 +274,11 @@ class DACDR(RecModel):
 
             # Step 1 (DA): which behaviours matter for this domain.
             if self.use_da:
-                if fuse:
-                    a_d, log_mass_d = da.weights_from_scores(logits[:, :md], keys, seq_mask, None, self.domain_mass_feature)
-                elif self.domain_mass_feature:
-                    a_d, log_mass_d = da.weights_and_mass(e_d, keys, seq_mask)
-                else:
-                    a_d, log_mass_d = da.weights(e_d, keys, seq_mask), None  # the normaliser is not computed
+                logits_d = logits[:, :md] if fuse else scores_over(da.query_rows(e_d), keys)
+                if prior_d is not None:  # the domain prior: part of step 1's logits (its log-mass included)
+                    logits_d = logits_d + prior_d[:, None, :]
+                # the normaliser only when the predictor reads it
+                a_d, log_mass_d = da.weights_from_scores(logits_d, keys, seq_mask, None, self.domain_mass_feature)
                 if log_mass_d is not None:
                     out["log_mass_d"] = log_mass_d.mean(1)  # [B, m]
                 alpha = a_d.mean(dim=(1, 2))  # over heads and domain tokens: one distribution over positions

@@ -41,6 +41,10 @@ class FieldEmbeddings(nn.Module):
         tables (dacdr.distributed.sharded) feed embeddings instead and hand the ids over separately."""
         return seq, item
 
+    def domain_ids(self, domain: torch.Tensor) -> torch.Tensor:
+        """The domain fields' ids [B, m] (here the input itself; sharded tables hand them over separately)."""
+        return domain
+
     def sequence(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, L, F] ids -> [B, L, k], the sum of the fields' embeddings of each behaviour."""
         out = self.tables[self.spec.sequence_fields[0]](seq[..., 0])
@@ -327,7 +331,8 @@ class _TwoStepAttention(torch.autograd.Function):
     Inputs: q [B, J, k], the query rows (query, head) of step 1 (the first ``md``) then of step 2, with the scale
     and temperature in them (`CrossAttention.query_rows`); s [B, L, k], the sequence (keys and values); keep [B, L]
     the float mask and bias [B, L] the additive one (-1e9 on masked keys), built once per batch; uniform [B, L],
-    the uniform allocation; mix, the prior floor's share (None: step 2's prior is step 1's allocation itself).
+    the uniform allocation; mix, the prior floor's share (None: step 2's prior is step 1's allocation itself);
+    bias_d [B, L] or None, an additive term of step 1's logits (`DACDR`'s domain prior).
     Outputs: the weighted means [B, J, k] of every row, the weights in rows [B, J, L] (zero on masked keys), step 1's
     allocation alpha [B, L], and the log-masses [B, J] of step 1's / step 2's rows when asked (else None).
 
@@ -340,9 +345,11 @@ class _TwoStepAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, s, keep, bias, uniform, mix, md: int, mass_d: bool, mass_i: bool):
+    def forward(ctx, q, s, keep, bias, uniform, mix, md: int, mass_d: bool, mass_i: bool, bias_d=None):
         logits = q @ s.transpose(1, 2)  # [B, J, L], rows (query, head); this function's own buffer
         logits.add_(bias[:, None, :])
+        if bias_d is not None:  # step 1's own additive term (the domain prior), on its rows only
+            logits[:, :md].add_(bias_d[:, None, :])
         w = torch.empty_like(logits)
         soft_d = torch.softmax(logits[:, :md], dim=-1)
         torch.mul(soft_d, keep[:, None, :], out=w[:, :md])  # an empty history: zeros, not the uniform row
@@ -404,7 +411,9 @@ class _TwoStepAttention(torch.autograd.Function):
             g_s = g_x.transpose(1, 2) @ q
             if g_pooled is not None:
                 g_s.baddbmm_(w.transpose(1, 2), g_pooled)
-        return g_q, g_s, None, None, None, g_mix, None, None, None
+        # step 1's additive term was added to each of its rows: its gradient is their sum
+        g_bias_d = g_x[:, :md].sum(1) if ctx.needs_input_grad[9] else None
+        return g_q, g_s, None, None, None, g_mix, None, None, None, g_bias_d
 
 
 def two_step_attention(
@@ -415,11 +424,13 @@ def two_step_attention(
     md: int,
     mass_d: bool = False,
     mass_i: bool = False,
+    bias_d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """`_TwoStepAttention` with the masks built once for the batch: q [B, J, k] query rows (step 1's first md),
-    s [B, L, k], mask [B, L] bool, mix the prior floor's share or None -> (means [B, J, k], weights [B, J, L],
-    alpha [B, L], log-masses [B, md] / [B, J - md] or None)."""
+    s [B, L, k], mask [B, L] bool, mix the prior floor's share or None, bias_d [B, L] an additive term of step 1's
+    logits or None -> (means [B, J, k], weights [B, J, L], alpha [B, L], log-masses [B, md] / [B, J - md] or
+    None)."""
     keep = mask.to(s.dtype)
     bias = (1.0 - keep) * _MASKED
     uniform = keep / keep.sum(1, keepdim=True).clamp_min(1.0)  # `uniform_weights`, in the sequence's dtype
-    return _TwoStepAttention.apply(q, s, keep, bias, uniform, mix, md, mass_d, mass_i)
+    return _TwoStepAttention.apply(q, s, keep, bias, uniform, mix, md, mass_d, mass_i, bias_d)

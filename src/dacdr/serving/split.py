@@ -44,9 +44,10 @@ COVERED_PARAMS = {
     "variant", "dim", "heads", "user_dim", "encoder_hidden", "predictor_hidden", "dropout", "match_features",
     "match_on", "ablation", "value_init", "position_keys", "temperature", "mass_feature", "match_counts",
     "count_weights", "domain_mass_feature", "attention_score", "cosine_scale", "prior_floor", "match_bonus",
-    "match_bonus_init",
+    "match_bonus_init", "domain_prior", "domain_prior_fields", "domain_prior_gain",
 }
-"""DACDR's constructor parameters the split reproduces (`match_bonus` only when off); a model with another one
+"""DACDR's constructor parameters the split reproduces (`match_bonus` only when off; the domain prior is part of
+step 1, all user side); a model with another one
 set away from its default keeps the single graph (a new lever may change what the split folds, and the
 start-up check alone may not see a small change)"""
 

@@ -9,7 +9,8 @@ extended (existing indices never move), its embedding tables grow, and only thes
   it is what lets the shared features carry knowledge to the new domain;
 - the item-id rows of the new domain's items (those in its rows, plus any item new to the model) and any
   new item-feature values (a new category or brand);
-- `W_Q, W_K, W_V, W_O` of both attention steps.
+- `W_Q, W_K, W_V, W_O` of both attention steps, and DACDR's domain prior (step 1's bias per domain feature value
+  and behaviour category; the rows and columns of values new to the model start at 0, no preference).
 
 Everything else (other embedding rows, the domain encoder, the prediction MLP) is frozen bit for bit: the
 gradients of frozen rows are masked to zero and AdamW runs with weight decay 0, so Adam's moments of those
@@ -100,6 +101,10 @@ def expand_model(base: RecModel, name: str, spec, seed: int = 0) -> RecModel:
         new = new_state[key]
         if new.shape == old.shape:
             new_state[key] = old.clone()
+        elif key.startswith("domain_prior.") and new.dim() == 2 and new.shape >= old.shape:
+            grown = torch.zeros_like(new)  # (domain value, category) pairs new to the model: no preference
+            grown[: old.shape[0], : old.shape[1]] = old
+            new_state[key] = grown
         elif new.dim() == 2 and new.shape[1] == old.shape[1] and new.shape[0] > old.shape[0]:
             grown = torch.empty_like(new)
             grown[: old.shape[0]] = old
@@ -134,7 +139,7 @@ def trainable_rows(
         if mask.any():
             masks[f"embeddings.tables.{f}.weight"] = mask
     for n, _ in model.named_parameters():
-        if n.startswith(("domain_attention.", "item_attention.")):
+        if n.startswith(("domain_attention.", "item_attention.", "domain_prior.")):
             masks[n] = None
     return masks
 

@@ -1,0 +1,109 @@
+"""DACDR's domain prior (`domain_prior`): a learnt bias per (domain feature value, behaviour category) on step 1's
+logits. The same maths on every path (training's one-function scoring, autograd's graph, the steps one by one,
+serving's batch-1 user), zero = the model without it, and a large entry moves step 1's weight where it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dacdr.data.batches import BatchGatherer
+from dacdr.models import create_model
+from dacdr.models.dacdr import DACDR
+from tests.models.test_attention_parity import _close, _model_outputs, _peaky
+
+
+@pytest.fixture
+def batch(handmade_prepared):
+    b = BatchGatherer(handmade_prepared).gather(np.arange(0, handmade_prepared.n_samples, 3))
+    b["seq_mask"][:3] = False  # cold users with no history at all
+    b["seq"][:3] = 0
+    return b
+
+
+def _prior_model(spec, **params):
+    torch.manual_seed(0)
+    model = create_model("DACDR", spec, domain_prior=True, **params)
+    for part in (model.embeddings, model.domain_attention, model.item_attention):
+        _peaky(part, seed=4)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for table in model.domain_prior:
+            table.copy_(torch.randn(table.shape, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("params", [{}, {"domain_mass_feature": True, "mass_feature": True},
+                                    {"heads": 4, "domain_prior_gain": 1.0}])
+def test_the_prior_is_the_same_on_every_path(params, handmade_prepared, batch, monkeypatch):
+    import dacdr.models.dacdr as dacdr_module
+
+    calls = []
+    real = dacdr_module.two_step_attention
+    monkeypatch.setattr(dacdr_module, "two_step_attention", lambda *a: calls.append(1) or real(*a))
+    model = _prior_model(handmade_prepared.spec, **params)
+    core_out, core_grads = _model_outputs(model, batch)
+    assert calls, "the one-function path was not taken"
+    monkeypatch.setattr(DACDR, "fused_core", False)
+    graph_out, graph_grads = _model_outputs(model, batch)
+    monkeypatch.setattr(DACDR, "fuse_steps", False)
+    step_out, step_grads = _model_outputs(model, batch)
+    for other_out, other_grads in ((graph_out, graph_grads), (step_out, step_grads)):
+        assert core_out.keys() == other_out.keys() and core_grads.keys() == other_grads.keys()
+        for key in other_out:
+            assert torch.isfinite(core_out[key]).all(), key
+            _close(core_out[key], other_out[key], what=key)
+        for key in other_grads:
+            _close(core_grads[key], other_grads[key], what=f"grad {key}")
+    prior_grads = [g for n, g in core_grads.items() if n.startswith("domain_prior.")]
+    assert len(prior_grads) == len(handmade_prepared.spec.domain_fields)  # one table per domain field
+    assert all(g.abs().sum() > 0 for g in prior_grads)
+
+
+def test_a_zero_prior_is_the_model_without_it(handmade_prepared, batch):
+    spec = handmade_prepared.spec
+    with_prior = _prior_model(spec)
+    with torch.no_grad():
+        for table in with_prior.domain_prior:
+            table.zero_()
+    torch.manual_seed(0)
+    plain = create_model("DACDR", spec)
+    state = {k: v for k, v in with_prior.state_dict().items() if not k.startswith("domain_prior.")}
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(with_prior.score(batch), plain.score(batch))
+
+
+def test_a_large_entry_moves_step_one_to_its_category(handmade_prepared, batch):
+    spec = handmade_prepared.spec
+    model = _prior_model(spec)
+    cat_field = spec.item_fields.index("category")
+    seq, mask = batch["seq"], batch["seq_mask"]
+    row = int(mask.sum(1).argmax())
+    cats = seq[row, mask[row], cat_field]
+    target = int(cats[0])
+    share = float((cats == target).float().mean())
+    assert share < 1.0, "the fixture's richest history should have several categories"
+    dom = int(batch["domain"][row, 0])
+    with torch.no_grad():
+        for table in model.domain_prior:
+            table.zero_()
+        model.domain_prior[0][dom, target] = 10.0  # the domain id's table
+        parts = model.attend(seq[row : row + 1], mask[row : row + 1], batch["item"][row : row + 1],
+                             batch["domain"][row : row + 1])
+    alpha = parts["alpha"][0]
+    mass = float(alpha[mask[row] & (seq[row, :, cat_field] == target)].sum())
+    assert mass > 0.95 > share
+
+
+def test_no_category_no_prior_and_the_ablations_without_step_one_have_none(handmade_prepared):
+    spec = handmade_prepared.spec
+    assert create_model("DACDR", spec, domain_prior=True, domain_prior_fields=("colour",)).domain_prior is None
+    for name in ("DACDR w/o DA", "DACDR w/o DA&IA"):
+        assert create_model(name, spec, domain_prior=True).domain_prior is None
+    assert create_model("DACDR w/o IA", spec, domain_prior=True).domain_prior is not None
+
+
+def test_a_description_without_the_prior_loads_without_it():
+    assert DACDR.legacy_params({"match_on": "tokens", "match_counts": True, "prior_floor": True})["domain_prior"] is False
