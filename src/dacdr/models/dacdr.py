@@ -78,6 +78,10 @@ class DACDR(RecModel):
     fuse_steps = True
     # ... and the default model's scoring of both steps in one autograd function (off: autograd's graph of it)
     fused_core = True
+    # ... and in it step 1's scores taken for the batch's distinct domains at once (one product of the whole
+    # sequence with every domain's query rows: they depend on the domain only), "off" / "scores" / "all" (also
+    # step 1's share of the backward's products); measured in docs/benchmarks.md
+    domain_rows: Literal["off", "scores", "all"] = "off"
 
     def __init__(
         self,
@@ -214,12 +218,22 @@ class DACDR(RecModel):
         core = (fuse and self.fused_core and self.positions is None and self.match_bonus is None
                 and da.log_scale is None and not torch.is_autocast_enabled(s.device.type))
         if core:
-            rows_d = da.query_rows(e_d)
-            md, h, length = rows_d.shape[1], da.heads, s.shape[1]
+            h, length = da.heads, s.shape[1]
             mix = torch.sigmoid(self.prior_logit) if self.prior_logit is not None else None
-            pooled, w, alpha, log_mass_d, log_mass = two_step_attention(
-                torch.cat([rows_d, ia.query_rows(e_i)], dim=1), s, seq_mask, mix, md,
-                self.domain_mass_feature, self.mass_feature)
+            if self.domain_rows != "off" and not domain.is_floating_point():  # ids (not sharded embeddings)
+                # step 1's rows of each distinct domain (the same function of the same tokens: same maths)
+                domains, dom_index = torch.unique(domain, dim=0, return_inverse=True)
+                rows_d = da.query_rows(emb.tokens(domains, self.spec.domain_fields))  # [n, md, k]
+                md = rows_d.shape[1]
+                pooled, w, alpha, log_mass_d, log_mass = two_step_attention(
+                    ia.query_rows(e_i), s, seq_mask, mix, md, self.domain_mass_feature, self.mass_feature,
+                    q_dom=rows_d, dom_index=dom_index, big_backward=self.domain_rows == "all")
+            else:
+                rows_d = da.query_rows(e_d)
+                md = rows_d.shape[1]
+                pooled, w, alpha, log_mass_d, log_mass = two_step_attention(
+                    torch.cat([rows_d, ia.query_rows(e_i)], dim=1), s, seq_mask, mix, md,
+                    self.domain_mass_feature, self.mass_feature)
             a_d = w[:, :md].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, m, L]
             a_i = w[:, md:].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, n, L]
             if log_mass_d is not None:

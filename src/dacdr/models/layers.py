@@ -328,8 +328,12 @@ class _TwoStepAttention(torch.autograd.Function):
     and temperature in them (`CrossAttention.query_rows`); s [B, L, k], the sequence (keys and values); keep [B, L]
     the float mask and bias [B, L] the additive one (-1e9 on masked keys), built once per batch; uniform [B, L],
     the uniform allocation; mix, the prior floor's share (None: step 2's prior is step 1's allocation itself).
+    With ``q_dom`` [n, md, k] (step 1's rows of the batch's n distinct domains) and ``dom_index`` [B] (each
+    sample's domain), q holds step 2's rows only and step 1's scores are one product of the whole sequence with
+    every domain's rows (``[n md, k] x [k, B L]``), each sample's taken from it; ``big_backward`` also takes step
+    1's share of the sequence's gradient and the domain rows' gradient as products over ``B L`` (else per sample).
     Outputs: the weighted means [B, J, k] of every row, the weights in rows [B, J, L] (zero on masked keys), step 1's
-    allocation alpha [B, L], and the log-masses [B, J] of step 1's / step 2's rows when asked (else None).
+    allocation alpha [B, L], and the log-masses [B, md] / [B, J - md] of step 1's / step 2's rows when asked.
 
     The maths of `CrossAttention.weights_from_scores` applied step by step (tests/models/test_attention_parity.py):
     ``softmax(scores + bias)`` per row, step 2 with the floored log prior added. Autograd's graph of that is a few
@@ -340,15 +344,24 @@ class _TwoStepAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, s, keep, bias, uniform, mix, md: int, mass_d: bool, mass_i: bool):
-        logits = q @ s.transpose(1, 2)  # [B, J, L], rows (query, head); this function's own buffer
-        logits.add_(bias[:, None, :])
-        w = torch.empty_like(logits)
-        soft_d = torch.softmax(logits[:, :md], dim=-1)
+    def forward(ctx, q, s, keep, bias, uniform, mix, md: int, mass_d: bool, mass_i: bool,
+                q_dom=None, dom_index=None, big_backward: bool = False):
+        b, length, k = s.shape
+        if q_dom is None:
+            logits = q @ s.transpose(1, 2)  # [B, J, L], rows (query, head); this function's own buffer
+            logits.add_(bias[:, None, :])
+            x_d, x_i = logits[:, :md], logits[:, md:]
+        else:  # step 1's rows depend on the domain only: one product for the batch, then each sample's rows
+            x_all = q_dom.reshape(-1, k) @ s.reshape(b * length, k).t()  # [n md, B L]
+            x_d = x_all.view(q_dom.shape[0], md, b, length)[dom_index, :, torch.arange(b), :]  # [B, md, L]
+            x_d.add_(bias[:, None, :])
+            x_i = q @ s.transpose(1, 2)
+            x_i.add_(bias[:, None, :])
+        w = torch.empty(b, md + x_i.shape[1], length, dtype=s.dtype, device=s.device)
+        soft_d = torch.softmax(x_d, dim=-1)
         torch.mul(soft_d, keep[:, None, :], out=w[:, :md])  # an empty history: zeros, not the uniform row
         alpha = w[:, :md].mean(1)  # over heads and domain tokens
         prior = alpha if mix is None else (1 - mix) * alpha + mix * uniform
-        x_i = logits[:, md:]
         x_i.add_(torch.log(prior.clamp_min(1e-12))[:, None, :])
         soft_i = torch.softmax(x_i, dim=-1)
         torch.mul(soft_i, keep[:, None, :], out=w[:, md:])
@@ -357,19 +370,19 @@ class _TwoStepAttention(torch.autograd.Function):
         log_mass_d = log_mass_i = None
         # log sum_l e^x_l = top - log(the top's softmax weight), as `weights_from_scores`; no prior: uniform's
         if mass_d:
-            lm = logits[:, :md].amax(-1) - torch.log(soft_d.amax(-1)) - torch.log(valid.clamp_min(1.0))
+            lm = x_d.amax(-1) - torch.log(soft_d.amax(-1)) - torch.log(valid.clamp_min(1.0))
             log_mass_d = torch.where(valid > 0, lm, torch.zeros_like(lm))
         if mass_i:
             lm = x_i.amax(-1) - torch.log(soft_i.amax(-1))
             log_mass_i = torch.where(valid > 0, lm, torch.zeros_like(lm))
-        ctx.md = md
-        ctx.save_for_backward(q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior)
+        ctx.md, ctx.big_backward = md, big_backward
+        ctx.save_for_backward(q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior, q_dom, dom_index)
         return pooled, w, alpha, log_mass_d, log_mass_i
 
     @staticmethod
     @once_differentiable  # a gradient of this gradient would need its own derivation: refuse it plainly
     def backward(ctx, g_pooled, g_w, g_alpha, g_mass_d, g_mass_i):
-        q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior = ctx.saved_tensors
+        q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior, q_dom, dom_index = ctx.saved_tensors
         md = ctx.md
         k = keep[:, None, :]
         # the weights' gradient: from the means (one product) and from the weights themselves
@@ -398,13 +411,43 @@ class _TwoStepAttention(torch.autograd.Function):
         if g_mass_d is not None:
             g_p += (g_mass_d * valid)[:, :, None]
         torch.mul(soft_d, g_p, out=g_x[:, :md])
-        g_q = g_x @ s if ctx.needs_input_grad[0] else None
+        if q_dom is None:
+            rows, g_dom = q, None
+        elif ctx.big_backward:
+            return _TwoStepAttention._domain_backward(ctx, q, s, w, q_dom, dom_index, g_x, g_pooled, g_mix)
+        else:  # per sample, each sample's step 1 rows gathered; their gradients summed per domain
+            rows, g_dom = torch.cat([q_dom[dom_index], q], dim=1), torch.zeros_like(q_dom)
+        g_q = g_x @ s if ctx.needs_input_grad[0] or g_dom is not None else None
+        if g_dom is not None:
+            g_dom = g_dom.index_add_(0, dom_index, g_q[:, :md]) if ctx.needs_input_grad[9] else None
+            g_q = g_q[:, md:] if ctx.needs_input_grad[0] else None
         g_s = None
         if ctx.needs_input_grad[1]:  # both uses of the sequence: dX^T q + W^T (d means), summed inside the product
-            g_s = g_x.transpose(1, 2) @ q
+            g_s = g_x.transpose(1, 2) @ rows
             if g_pooled is not None:
                 g_s.baddbmm_(w.transpose(1, 2), g_pooled)
-        return g_q, g_s, None, None, None, g_mix, None, None, None
+        return g_q, g_s, None, None, None, g_mix, None, None, None, g_dom, None, None
+
+    @staticmethod
+    def _domain_backward(ctx, q, s, w, q_dom, dom_index, g_x, g_pooled, g_mix):
+        """Step 1's share of the gradients as products over the whole batch: each sample's score gradient placed
+        in its domain's rows of a zero [n md, B L] matrix, then one product with the sequence (the domain rows'
+        gradient) and one with the domain rows (the sequence's)."""
+        md = ctx.md
+        b, length, k = s.shape
+        n = q_dom.shape[0]
+        g_all = torch.zeros(n, md, b, length, dtype=s.dtype, device=s.device)
+        g_all[dom_index, :, torch.arange(b), :] = g_x[:, :md]
+        g_all = g_all.view(n * md, b * length)
+        g_dom = (g_all @ s.reshape(b * length, k)).view(q_dom.shape) if ctx.needs_input_grad[9] else None
+        g_q = g_x[:, md:] @ s if ctx.needs_input_grad[0] else None
+        g_s = None
+        if ctx.needs_input_grad[1]:
+            g_s = (g_all.t() @ q_dom.reshape(n * md, k)).view(b, length, k)
+            g_s.baddbmm_(g_x[:, md:].transpose(1, 2), q)
+            if g_pooled is not None:
+                g_s.baddbmm_(w.transpose(1, 2), g_pooled)
+        return g_q, g_s, None, None, None, g_mix, None, None, None, g_dom, None, None
 
 
 def two_step_attention(
@@ -415,11 +458,17 @@ def two_step_attention(
     md: int,
     mass_d: bool = False,
     mass_i: bool = False,
+    q_dom: torch.Tensor | None = None,
+    dom_index: torch.Tensor | None = None,
+    big_backward: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """`_TwoStepAttention` with the masks built once for the batch: q [B, J, k] query rows (step 1's first md),
     s [B, L, k], mask [B, L] bool, mix the prior floor's share or None -> (means [B, J, k], weights [B, J, L],
-    alpha [B, L], log-masses [B, md] / [B, J - md] or None)."""
+    alpha [B, L], log-masses [B, md] / [B, J - md] or None). With q_dom [n, md, k] and dom_index [B] (long, in
+    [0, n)), step 1's rows are the sample's domain's, and q holds step 2's rows only."""
+    if (q_dom is None) != (dom_index is None):
+        raise ValueError("two_step_attention: q_dom and dom_index go together")
     keep = mask.to(s.dtype)
     bias = (1.0 - keep) * _MASKED
     uniform = keep / keep.sum(1, keepdim=True).clamp_min(1.0)  # `uniform_weights`, in the sequence's dtype
-    return _TwoStepAttention.apply(q, s, keep, bias, uniform, mix, md, mass_d, mass_i)
+    return _TwoStepAttention.apply(q, s, keep, bias, uniform, mix, md, mass_d, mass_i, q_dom, dom_index, big_backward)
