@@ -156,3 +156,48 @@ def test_domain_rows_leave_evaluation_alone(handmade_prepared, batch, monkeypatc
     with torch.no_grad():
         want = model.score(batch)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("lever", ["domain-rows", "domain-rows-all", "chunk4"])
+def test_throughput_levers_keep_the_maths(lever, handmade_prepared, batch):
+    """benchmarks/train_throughput.py's levers of this kind change the cost only: under each, the training path's
+    outputs and every parameter's gradient are the default's (float noise), and the lever is really applied."""
+    from tests.benchmark_scripts import BENCH, load
+
+    bench = load(BENCH / "train_throughput.py")
+    name, levers = bench.parse_spec(f"DACDR+{lever}")
+    assert name == "DACDR" and levers == {lever}
+    model = _model(handmade_prepared, {}, torch.float32)
+    want_out, want_grads = _model_outputs(model, batch)
+    seen = []
+    real = dacdr_module.two_step_attention
+
+    def spy(*a, **kw):
+        seen.append((a[1].shape[0], kw.get("q_dom") is not None))
+        return real(*a, **kw)
+
+    dacdr_module.two_step_attention = spy
+    try:
+        with bench.lever_context(levers, torch.device("cpu")):
+            got_out, got_grads = _model_outputs(model, batch)
+    finally:
+        dacdr_module.two_step_attention = real
+    if lever == "chunk4":  # the scoring called on slices of at most 4 samples, per-sample rows
+        assert len(seen) == -(-len(batch["label"]) // 4) and all(n <= 4 and not dom for n, dom in seen)
+    else:
+        assert seen == [(len(batch["label"]), True)]
+    assert DACDR.domain_rows == "off"  # the switch is back where it was
+    for key in want_out:
+        _close(got_out[key], want_out[key], what=key)
+    for key in want_grads:
+        _close(got_grads[key], want_grads[key], what=f"grad {key}")
+
+
+def test_throughput_levers_are_checked():
+    from tests.benchmark_scripts import BENCH, load
+
+    bench = load(BENCH / "train_throughput.py")
+    with pytest.raises(SystemExit, match="unknown lever"):
+        bench.parse_spec("DACDR+chunk0")
+    with pytest.raises(SystemExit, match="unknown lever"):
+        bench.parse_spec("DACDR+domainrows")
