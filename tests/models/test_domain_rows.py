@@ -201,3 +201,5 @@ def test_throughput_levers_are_checked():
         bench.parse_spec("DACDR+chunk0")
     with pytest.raises(SystemExit, match="unknown lever"):
         bench.parse_spec("DACDR+domainrows")
+    with pytest.raises(SystemExit, match="not with domain-rows"):
+        bench.parse_spec("DACDR+chunk64+domain-rows")

@@ -80,7 +80,8 @@ class DACDR(RecModel):
     fused_core = True
     # ... and in it step 1's scores taken for the batch's distinct domains at once (one product of the whole
     # sequence with every domain's query rows: they depend on the domain only), "off" / "scores" / "all" (also
-    # step 1's share of the backward's products); measured in docs/benchmarks.md
+    # step 1's share of the backward's products); off: 5-12 % slower on the 2-core CPU (docs/benchmarks.md), kept
+    # switchable for boxes where one large product beats many small ones
     domain_rows: Literal["off", "scores", "all"] = "off"
 
     def __init__(
