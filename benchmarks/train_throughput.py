@@ -226,7 +226,7 @@ def parse_spec(spec: str) -> tuple[str, set[str]]:
     unknown = {lever for lever in levers if not re.fullmatch(r"chunk[1-9]\d*", lever)} - set(LEVERS)
     if unknown:
         raise SystemExit(f"--models {spec!r}: unknown lever(s) {sorted(unknown)}; known: {', '.join(LEVERS)}")
-    if any(lever.startswith("chunk") for lever in levers) and levers & {"domain-rows", "domain-rows-all"}:
+    if any(lever.startswith("chunk") for lever in levers) and {"domain-rows", "domain-rows-all"} & set(levers):
         raise SystemExit(f"--models {spec!r}: chunkN slices the per-sample rows' scoring; not with domain-rows")
     if len(set(levers) & set(FORMS)) > 1:
         raise SystemExit(f"--models {spec!r}: at most one attention form of {', '.join(FORMS)}")
