@@ -21,7 +21,10 @@ scores and one for the weighted means); `graph-scoring` (both steps fused, but t
 graph of small ops instead of the one function with a hand-written backward, layers._TwoStepAttention);
 `compile-scoring` (that function replaced by torch.compile of the same maths written as autograd ops; the
 compile, and one recompile for an epoch's last, smaller batch, fall in the warm-up or in one round); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
-in the forward pass; not the same results).
+in the forward pass; not the same results); `domain-rows` (DACDR.domain_rows = "scores": step 1's scores for the
+batch's distinct domains in one product over the whole sequence) and `domain-rows-all` ("all": step 1's share of
+the backward's products over the batch too); `chunkN`, e.g. `chunk256` (the one-function scoring called on
+slices of N samples, so that a slice's sequence stays in the core's cache between the products; the same maths).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import argparse
 import contextlib
 import json
 import platform
+import re
 import resource
 import statistics
 import time
@@ -52,7 +56,8 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "domain-rows",
+          "domain-rows-all", "chunkN")
 
 
 def peak_rss_mb() -> float:
@@ -133,7 +138,7 @@ def attention_form(form: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def class_flag(name: str, value: bool) -> Iterator[None]:
+def class_flag(name: str, value: bool | str) -> Iterator[None]:
     """A DACDR class switch set for the duration."""
     saved = getattr(DACDR, name)
     setattr(DACDR, name, value)
@@ -185,6 +190,26 @@ def compiled_scoring() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def chunked_scoring(size: int) -> Iterator[None]:
+    """DACDR's one-function scoring called on slices of `size` samples (outputs concatenated; autograd
+    concatenates the slices' sequence gradients): the same maths, a slice's [size, L, k] sequence in cache."""
+    real = dacdr_module.two_step_attention
+
+    def chunked(q, s, mask, mix, md, mass_d=False, mass_i=False):
+        if s.shape[0] <= size:
+            return real(q, s, mask, mix, md, mass_d, mass_i)
+        parts = [real(qc, sc, mc, mix, md, mass_d, mass_i)
+                 for qc, sc, mc in zip(q.split(size), s.split(size), mask.split(size), strict=True)]
+        return tuple(None if parts[0][j] is None else torch.cat([p[j] for p in parts]) for j in range(5))
+
+    dacdr_module.two_step_attention = chunked
+    try:
+        yield
+    finally:
+        dacdr_module.two_step_attention = real
+
+
+@contextlib.contextmanager
 def stepwise() -> Iterator[None]:
     """DACDR's two steps one by one (the fused passes off) for the duration."""
     saved = DACDR.fuse_steps
@@ -198,9 +223,11 @@ def stepwise() -> Iterator[None]:
 def parse_spec(spec: str) -> tuple[str, set[str]]:
     """`DACDR+textbook+bf16` -> ("DACDR", {"textbook", "bf16"})."""
     name, *levers = spec.split("+")
-    unknown = set(levers) - set(LEVERS)
+    unknown = {lever for lever in levers if not re.fullmatch(r"chunk[1-9]\d*", lever)} - set(LEVERS)
     if unknown:
         raise SystemExit(f"--models {spec!r}: unknown lever(s) {sorted(unknown)}; known: {', '.join(LEVERS)}")
+    if any(lever.startswith("chunk") for lever in levers) and {"domain-rows", "domain-rows-all"} & set(levers):
+        raise SystemExit(f"--models {spec!r}: chunkN slices the per-sample rows' scoring; not with domain-rows")
     if len(set(levers) & set(FORMS)) > 1:
         raise SystemExit(f"--models {spec!r}: at most one attention form of {', '.join(FORMS)}")
     return name, set(levers)
@@ -216,6 +243,11 @@ def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStac
         stack.enter_context(class_flag("fused_core", False))
     if "compile-scoring" in levers:
         stack.enter_context(compiled_scoring())
+    if levers & {"domain-rows", "domain-rows-all"}:
+        stack.enter_context(class_flag("domain_rows", "all" if "domain-rows-all" in levers else "scores"))
+    for lever in levers:
+        if lever.startswith("chunk"):
+            stack.enter_context(chunked_scoring(int(lever[len("chunk"):])))
     if "bf16" in levers:
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack
