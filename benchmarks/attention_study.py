@@ -109,6 +109,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "g64": {"step1_gain": 64.0},
     "pg4": {"domain_prior_gain": 4.0},  # with `dprior`: the table times 4 (it learns 4 times faster under Adam)
     "pg16": {"domain_prior_gain": 16.0},
+    "pid": {"domain_prior_keys": ("domain",)},  # with `dprior`: keyed on the domain id only
 }
 
 

@@ -21,9 +21,7 @@ scores and one for the weighted means); `graph-scoring` (both steps fused, but t
 graph of small ops instead of the one function with a hand-written backward, layers._TwoStepAttention);
 `compile-scoring` (that function replaced by torch.compile of the same maths written as autograd ops; the
 compile, and one recompile for an epoch's last, smaller batch, fall in the warm-up or in one round); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
-in the forward pass; not the same results); `domain-rows` (DACDR.domain_rows = "scores": step 1's scores for the
-batch's distinct domains in one product over the whole sequence) and `domain-rows-all` ("all": step 1's share of
-the backward's products over the batch too); `chunkN`, e.g. `chunk256` (the one-function scoring called on
+in the forward pass; not the same results); `chunkN`, e.g. `chunk256` (the one-function scoring called on
 slices of N samples, so that a slice's sequence stays in the core's cache between the products; the same maths).
 """
 
@@ -56,8 +54,7 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "domain-rows",
-          "domain-rows-all", "chunkN")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN")
 
 
 def peak_rss_mb() -> float:
@@ -195,11 +192,12 @@ def chunked_scoring(size: int) -> Iterator[None]:
     concatenates the slices' sequence gradients): the same maths, a slice's [size, L, k] sequence in cache."""
     real = dacdr_module.two_step_attention
 
-    def chunked(q, s, mask, mix, md, mass_d=False, mass_i=False):
+    def chunked(q, s, mask, mix, md, mass_d=False, mass_i=False, bias_d=None):
         if s.shape[0] <= size:
-            return real(q, s, mask, mix, md, mass_d, mass_i)
-        parts = [real(qc, sc, mc, mix, md, mass_d, mass_i)
-                 for qc, sc, mc in zip(q.split(size), s.split(size), mask.split(size), strict=True)]
+            return real(q, s, mask, mix, md, mass_d, mass_i, bias_d)
+        biases = bias_d.split(size) if bias_d is not None else [None] * len(s.split(size))
+        parts = [real(qc, sc, mc, mix, md, mass_d, mass_i, bc)
+                 for qc, sc, mc, bc in zip(q.split(size), s.split(size), mask.split(size), biases, strict=True)]
         return tuple(None if parts[0][j] is None else torch.cat([p[j] for p in parts]) for j in range(5))
 
     dacdr_module.two_step_attention = chunked
@@ -226,8 +224,6 @@ def parse_spec(spec: str) -> tuple[str, set[str]]:
     unknown = {lever for lever in levers if not re.fullmatch(r"chunk[1-9]\d*", lever)} - set(LEVERS)
     if unknown:
         raise SystemExit(f"--models {spec!r}: unknown lever(s) {sorted(unknown)}; known: {', '.join(LEVERS)}")
-    if any(lever.startswith("chunk") for lever in levers) and {"domain-rows", "domain-rows-all"} & set(levers):
-        raise SystemExit(f"--models {spec!r}: chunkN slices the per-sample rows' scoring; not with domain-rows")
     if len(set(levers) & set(FORMS)) > 1:
         raise SystemExit(f"--models {spec!r}: at most one attention form of {', '.join(FORMS)}")
     return name, set(levers)
@@ -243,8 +239,6 @@ def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStac
         stack.enter_context(class_flag("fused_core", False))
     if "compile-scoring" in levers:
         stack.enter_context(compiled_scoring())
-    if levers & {"domain-rows", "domain-rows-all"}:
-        stack.enter_context(class_flag("domain_rows", "all" if "domain-rows-all" in levers else "scores"))
     for lever in levers:
         if lever.startswith("chunk"):
             stack.enter_context(chunked_scoring(int(lever[len("chunk"):])))

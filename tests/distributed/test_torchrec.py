@@ -24,7 +24,8 @@ from dacdr.models import create_model  # noqa: E402
 from dacdr.training.checkpoint import load_model  # noqa: E402
 from dacdr.training.trainer import Trainer  # noqa: E402
 
-MODEL = {"dim": 8, "heads": 2, "encoder_hidden": (16,), "predictor_hidden": (16,)}
+# with the domain prior on step 1: its domain ids are handed over beside the sharded lookups
+MODEL = {"dim": 8, "heads": 2, "encoder_hidden": (16,), "predictor_hidden": (16,), "domain_prior": True}
 
 
 def _trainer(prepared, run_dir: Path, epochs: int, sharding: dict[str, str]) -> Trainer:

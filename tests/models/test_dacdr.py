@@ -64,12 +64,15 @@ def test_ablations_differ_only_in_the_attention_weights(handmade_prepared):
     """With the default ablation ("uniform") every variant has the same parameters except the query / key
     projections of the steps it removes, and a removed step's weights are the fixed allocation."""
     spec = handmade_prepared.spec
-    models = {v: create_model(n, spec) for v, n in zip(("full", "no_da", "no_ia", "pool"), DACDR_VARIANTS,
-                                                       strict=True)}
-    # the scoring parameters: the steps' query / key maps, and the floor of step 2's prior (only with both steps)
+    models = {v: create_model(n, spec, domain_prior=True)
+              for v, n in zip(("full", "no_da", "no_ia", "pool"), DACDR_VARIANTS, strict=True)}
+    # the scoring parameters: the steps' query / key maps, the floor of step 2's prior (only with both steps) and
+    # step 1's domain prior (only with step 1)
     shapes = {v: {k: tuple(p.shape) for k, p in m.named_parameters()
-                  if ".w_q." not in k and ".w_k." not in k and k != "prior_logit"}
+                  if ".w_q." not in k and ".w_k." not in k and k != "prior_logit" and not k.startswith("domain_prior.")}
               for v, m in models.items()}
+    priors = {v: any(k.startswith("domain_prior.") for k, _ in m.named_parameters()) for v, m in models.items()}
+    assert priors == {"full": True, "no_da": False, "no_ia": True, "pool": False}
     assert shapes["full"] == shapes["no_da"] == shapes["no_ia"] == shapes["pool"]
     scoring = {v: {k for k, _ in m.named_parameters() if ".w_q." in k or ".w_k." in k} for v, m in models.items()}
     assert {k.split(".")[0] for k in scoring["full"]} == {"domain_attention", "item_attention"}

@@ -19,11 +19,12 @@ from dacdr.recipes.train import train_run
 TINY_PARAMS = {"dim": 8, "heads": 2, "user_dim": 16, "encoder_hidden": [16], "predictor_hidden": [16]}
 
 
-def train_tiny_run(data_path: Path, run_dir: Path, seed: int = 0, epochs: int = 1) -> Path:
-    """A DACDR run on `data_path` in a few seconds: small dims, one epoch."""
+def train_tiny_run(data_path: Path, run_dir: Path, seed: int = 0, epochs: int = 1,
+                   params: dict | None = None) -> Path:
+    """A DACDR run on `data_path` in a few seconds: small dims, one epoch (`params` on top of them)."""
     cfg = RunConfig(
         data=DataConfig(path=str(data_path), max_len=8),
-        model=ModelConfig(name="DACDR", params=TINY_PARAMS),
+        model=ModelConfig(name="DACDR", params=TINY_PARAMS | (params or {})),
         train=TrainConfig(epochs=epochs, batch_size=128, progress=False, seed=seed, num_threads=1),
     )
     train_run(cfg, run_dir=run_dir)

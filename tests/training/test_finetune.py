@@ -22,7 +22,7 @@ NEW = "target_b"
 def base_run(handmade_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
     base_data = without_domain(handmade_path, NEW, root / "base-data")
-    return train_tiny_run(base_data, root / "base")
+    return train_tiny_run(base_data, root / "base", params={"domain_prior": True})  # its step-1 prior too
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,9 @@ def test_frozen_parameters_are_unchanged_bit_for_bit(base_run, tuned):
     table = state["embeddings.tables.domain.weight"]
     start_row = base_state["embeddings.tables.domain.weight"][2:].mean(dim=0)
     assert not torch.allclose(table[prepared.vocabs["domain"].lookup(NEW)], start_row)
+    # the domain prior (step 1): the new domain id's row starts at 0 (no preference) and trained
+    assert masks["domain_prior.0"] is not None and int(masks["domain_prior.0"].sum()) == 1
+    assert state["domain_prior.0"][prepared.vocabs["domain"].lookup(NEW)].abs().sum() > 0
 
 
 def test_new_domain_row_trained_and_counts_reported(base_run, tuned):

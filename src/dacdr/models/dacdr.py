@@ -71,7 +71,8 @@ class DACDR(RecModel):
     ``domain_prior`` adds to step 1's logits a learnt bias per (domain feature value, behaviour attribute value),
     e.g. (page type, category): a direct path for a domain's focus over the history's topics, started at 0 and
     scaled by ``domain_prior_gain`` (the rate at which Adam moves it); keyed on the ``domain_prior_fields`` among
-    the item features (not the item id) that the dataset has — none: no prior.
+    the item features (not the item id) that the dataset has — none: no prior — and on the domain fields
+    ``domain_prior_keys`` (None: every domain field).
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -111,6 +112,7 @@ class DACDR(RecModel):
         domain_prior: bool = False,
         domain_prior_fields: tuple[str, ...] = ("category",),
         domain_prior_gain: float = 4.0,
+        domain_prior_keys: tuple[str, ...] | None = None,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
@@ -121,6 +123,7 @@ class DACDR(RecModel):
             attention_score=attention_score, cosine_scale=cosine_scale, prior_floor=prior_floor,
             match_bonus=match_bonus, match_bonus_init=match_bonus_init, domain_prior=domain_prior,
             domain_prior_fields=list(domain_prior_fields), domain_prior_gain=domain_prior_gain,
+            domain_prior_keys=None if domain_prior_keys is None else list(domain_prior_keys),
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -155,7 +158,8 @@ class DACDR(RecModel):
         self.prior_pairs: list[tuple[int, int]] = []  # (domain field index, item field index)
         if domain_prior and self.use_da:
             attrs = [f for f in domain_prior_fields if f in spec.item_fields[1:]]
-            self.prior_pairs = [(j, spec.item_fields.index(f)) for j in range(m) for f in attrs]
+            keys = [j for j, f in enumerate(spec.domain_fields) if domain_prior_keys is None or f in domain_prior_keys]
+            self.prior_pairs = [(j, spec.item_fields.index(f)) for j in keys for f in attrs]
         self.domain_prior = nn.ParameterList(
             [nn.Parameter(torch.zeros(spec.vocab_sizes[spec.domain_fields[j]], spec.vocab_sizes[spec.item_fields[g]]))
              for j, g in self.prior_pairs]) if self.prior_pairs else None
@@ -400,4 +404,5 @@ register("DACDR w/o DA&IA", DACDR, family="dacdr", order=170, tags=("ablation",)
          variant="pool")
 # MODEL.md verbatim: no match feature (the predictor sees [u_t; vec(E_i)]), ablations as the paper reads them.
 register("DACDR (paper)", DACDR, family="dacdr", order=130, variant="full", match_features=False, ablation="drop",
-         match_on="values", match_counts=False, temperature=1.0, prior_floor=False)
+         match_on="values", match_counts=False, temperature=1.0, prior_floor=False,
+         domain_prior=False)

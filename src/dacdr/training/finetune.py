@@ -9,8 +9,9 @@ extended (existing indices never move), its embedding tables grow, and only thes
   it is what lets the shared features carry knowledge to the new domain;
 - the item-id rows of the new domain's items (those in its rows, plus any item new to the model) and any
   new item-feature values (a new category or brand);
-- `W_Q, W_K, W_V, W_O` of both attention steps, and DACDR's domain prior (step 1's bias per domain feature value
-  and behaviour category; the rows and columns of values new to the model start at 0, no preference).
+- `W_Q, W_K, W_V, W_O` of both attention steps;
+- DACDR's domain prior (step 1's bias per domain feature value and behaviour category): the rows of the domain
+  feature values that train above (rows and columns new to the model start at 0, no preference).
 
 Everything else (other embedding rows, the domain encoder, the prediction MLP) is frozen bit for bit: the
 gradients of frozen rows are masked to zero and AdamW runs with weight decay 0, so Adam's moments of those
@@ -139,8 +140,13 @@ def trainable_rows(
         if mask.any():
             masks[f"embeddings.tables.{f}.weight"] = mask
     for n, _ in model.named_parameters():
-        if n.startswith(("domain_attention.", "item_attention.", "domain_prior.")):
+        if n.startswith(("domain_attention.", "item_attention.")):
             masks[n] = None
+    # the domain prior's rows are domain feature values: those of the new domain that train above
+    for i, (j, _) in enumerate(getattr(model, "prior_pairs", [])):
+        rows = masks.get(f"embeddings.tables.{spec.domain_fields[j]}.weight")
+        if rows is not None:
+            masks[f"domain_prior.{i}"] = rows
     return masks
 
 
