@@ -91,6 +91,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "hits": {"match_counts": True},
     "dmass": {"domain_mass_feature": True},
     "ucount": {"count_weights": "uniform"},
+    "bcount": {"count_weights": "both"},
     "dcount": {"count_weights": "domain"},
     "drop0.2": {"dropout": 0.2},
     "values": {"match_on": "values"},

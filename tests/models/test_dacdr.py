@@ -349,6 +349,24 @@ def test_domain_count_weights_use_step_ones_allocation(handmade_prepared, batch)
         create_model("DACDR", handmade_prepared.spec, count_weights="items")
 
 
+def test_both_count_weights_give_the_weighted_and_the_plain_counts(handmade_prepared, batch):
+    """`count_weights="both"`: step 2's weighted counts, then the plain ones; the predictor reads all 4n."""
+    from dacdr.models.dacdr import field_hits
+
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, count_weights="both").eval()
+    with torch.no_grad():
+        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+        score = model.score(batch)
+    n = parts["E_i"].shape[1]
+    ids = model.embeddings.item_ids(batch["seq"], batch["item"])
+    uniform = batch["seq_mask"].float() / batch["seq_mask"].float().sum(1, keepdim=True).clamp_min(1.0)
+    expected = torch.cat([field_hits(*ids, batch["seq_mask"], parts["A_i"].mean(1)),
+                          field_hits(*ids, batch["seq_mask"], uniform[:, None, :].expand(-1, n, -1))], dim=1)
+    torch.testing.assert_close(parts["hits"], expected)
+    assert parts["hits"].shape[1] == 4 * n and torch.isfinite(score).all()
+
+
 def test_cosine_scores_are_the_scaled_cosine_and_ignore_the_keys_length():
     """`score="cosine"`: logits = g_h cos(q W_Q,h, k W_K,h)... taken in token space: g_h cos(query M_h, key), g_h
     learnt (starts at `cosine_scale`); scaling a key does not change its weight."""

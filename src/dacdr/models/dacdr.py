@@ -62,7 +62,8 @@ class DACDR(RecModel):
     ``position_keys`` adds a learnt code of each behaviour's recency (0 = most recent) to the keys of both
     steps; ``temperature`` < 1 sharpens both steps' softmax; ``match_counts`` gives the predictor, per candidate field,
     the step-2-weighted share (and log count) of the behaviours with the candidate's item, category, brand
-    (``count_weights="uniform"``: the plain share and count, the same for every variant; ``"domain"``: weighted by
+    (``count_weights="uniform"``: the plain share and count, the same for every variant; ``"both"``: the
+    attention-weighted and the plain ones side by side; ``"domain"``: weighted by
     step 1's allocation, so that step 2 selects for the match alone);
     ``domain_mass_feature`` gives it step 1's log normaliser (how much of the history the domain scores high);
     ``attention_score="cosine"`` scores by the cosine of query map and token times a learnt per-head scale;
@@ -102,7 +103,7 @@ class DACDR(RecModel):
         temperature: float = 0.25,
         mass_feature: bool = False,
         match_counts: bool = True,
-        count_weights: Literal["attention", "domain", "uniform"] = "attention",
+        count_weights: Literal["attention", "domain", "uniform", "both"] = "attention",
         domain_mass_feature: bool = False,
         attention_score: Literal["dot", "cosine"] = "dot",
         cosine_scale: float = 10.0,
@@ -181,11 +182,12 @@ class DACDR(RecModel):
         self.mass_feature = mass_feature
         # (lever, docs/models.md) per candidate field, how much of the history shares the candidate's value
         # (its item, category, brand), weighted by step 2's allocation: the share and log(1 + count).
-        if count_weights not in ("attention", "domain", "uniform"):
-            raise ValueError(f"unknown count_weights {count_weights!r}: expected 'attention', 'domain' or 'uniform'")
+        if count_weights not in ("attention", "domain", "uniform", "both"):
+            raise ValueError(f"unknown count_weights {count_weights!r}: expected 'attention', 'domain', 'uniform' "
+                             "or 'both'")
         self.match_counts, self.count_weights = match_counts, count_weights
         pred_in = user_dim + n * dim * (2 if match_features else 1) + (n if mass_feature else 0)
-        pred_in += 2 * n if match_counts else 0
+        pred_in += (4 if count_weights == "both" else 2) * n if match_counts else 0
         # (lever, docs/models.md) step 1's log normaliser per domain token: how much of the history the
         # domain's query scores high at all (e.g. the share of the history in the domain's focus), which the
         # softmax divides out (0 without step 1).
@@ -337,9 +339,11 @@ class DACDR(RecModel):
                 w = a_mean
             elif self.count_weights == "domain":
                 w = alpha[:, None, :].expand(-1, e_i.shape[1], -1)
-            else:
+            else:  # "uniform", and "both"'s second half
                 w = uniform[:, 0].expand(-1, e_i.shape[1], -1)
             out["hits"] = field_hits(*emb.item_ids(seq, item), seq_mask, w)
+            if self.count_weights == "both":  # step 2's weighted counts beside the plain ones
+                out["hits"] = torch.cat([field_hits(*emb.item_ids(seq, item), seq_mask, a_mean), out["hits"]], dim=1)
 
         if self.match_on == "tokens":
             if offered is None:
