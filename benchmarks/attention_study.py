@@ -82,6 +82,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the domain's focus over the history's topics
     "dprior DACDR": ("DACDR", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
     "dprior w/o IA": ("DACDR w/o IA", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
+    # the same with step 2's prior floor started elsewhere (`+fi0`: share 0.5 instead of 0.12; plan item 45)
+    "finit DACDR": ("DACDR floor-init", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "id": {"value_init": "identity"},
@@ -111,6 +113,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "pg4": {"domain_prior_gain": 4.0},  # with `dprior`: the table times 4 (it learns 4 times faster under Adam)
     "pg16": {"domain_prior_gain": 16.0},
     "pid": {"domain_prior_keys": ("domain",)},  # with `dprior`: keyed on the domain id only
+    "fi0": {"floor_init": 0.0},  # `finit` probes only: the floor's logit starts at 0 (share 0.5)
 }
 
 
@@ -237,6 +240,19 @@ class StepOneGainDACDR(DACDR):
 
 for _name, _variant in (("DACDR", "full"), ("DACDR w/o IA", "no_ia")):
     register(f"{_name} step1-gain", StepOneGainDACDR, family="study", order=999, variant=_variant)
+
+
+@register("DACDR floor-init", family="study", order=999)
+class FloorInitDACDR(DACDR):
+    """Study probe: DACDR whose step-2 prior floor's logit starts at ``floor_init`` (the model's: -2, a share of
+    0.12); never user-facing."""
+
+    def __init__(self, spec: Any, floor_init: float = -2.0, **params: Any):
+        super().__init__(spec, **params)
+        self.params |= {"floor_init": floor_init}
+        if self.prior_logit is not None:
+            with torch.no_grad():
+                self.prior_logit.fill_(floor_init)
 
 
 def focus_weights(path: Path, prepared: Any) -> dict[str, list[float]]:

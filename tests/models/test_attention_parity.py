@@ -276,25 +276,14 @@ def test_two_step_attention_matches_autograd(dtype, floor, mass, sharpness):
     assert torch.all(w.masked_select(~mask[:, None, :].expand_as(w)) == 0)  # padding: zero weight
 
 
-@pytest.mark.parametrize("params", [{}, {"temperature": 1.0, "prior_floor": False}, {"temperature": 0.3},
-                                    {"mass_feature": True, "domain_mass_feature": True}, {"heads": 4},
-                                    {"match_on": "values", "match_counts": False}])
-def test_fused_scoring_equals_the_graph_and_the_steps(params, handmade_prepared, batch, monkeypatch):
-    """Training's one-function scoring of both steps (DACDR.fused_core) against autograd's graph of the same fused
-    steps and against the steps one by one: the same outputs and every parameter's gradient (the batch has
-    empty histories and padded rows)."""
+def scoring_paths_agree(model, batch, monkeypatch) -> dict[str, torch.Tensor]:
+    """Training's one-function scoring (taken once), autograd's graph of the fused steps and the steps one by one
+    give the same outputs and every parameter's gradient; returns the first path's gradients."""
     import dacdr.models.dacdr as dacdr_module
 
     calls = []
     real = dacdr_module.two_step_attention
     monkeypatch.setattr(dacdr_module, "two_step_attention", lambda *a: calls.append(1) or real(*a))
-    torch.manual_seed(0)
-    model = create_model("DACDR", handmade_prepared.spec, **params)
-    for part in (model.embeddings, model.domain_attention, model.item_attention):
-        _peaky(part, seed=4)
-    if model.prior_logit is not None:
-        with torch.no_grad():
-            model.prior_logit.fill_(-0.5)
     core_out, core_grads = _model_outputs(model, batch)
     assert calls, "the one-function path was not taken"
     monkeypatch.setattr(DACDR, "fused_core", False)
@@ -309,5 +298,23 @@ def test_fused_scoring_equals_the_graph_and_the_steps(params, handmade_prepared,
             _close(core_out[key], other_out[key], what=key)
         for key in other_grads:
             _close(core_grads[key], other_grads[key], what=f"grad {key}")
+    return core_grads
+
+
+@pytest.mark.parametrize("params", [{}, {"temperature": 1.0, "prior_floor": False}, {"temperature": 0.3},
+                                    {"mass_feature": True, "domain_mass_feature": True}, {"heads": 4},
+                                    {"match_on": "values", "match_counts": False}])
+def test_fused_scoring_equals_the_graph_and_the_steps(params, handmade_prepared, batch, monkeypatch):
+    """Training's one-function scoring of both steps (DACDR.fused_core) against autograd's graph of the same fused
+    steps and against the steps one by one: the same outputs and every parameter's gradient (the batch has
+    empty histories and padded rows)."""
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec, **params)
+    for part in (model.embeddings, model.domain_attention, model.item_attention):
+        _peaky(part, seed=4)
+    if model.prior_logit is not None:
+        with torch.no_grad():
+            model.prior_logit.fill_(-0.5)
+    core_grads = scoring_paths_agree(model, batch, monkeypatch)
     if model.prior_logit is not None:
         assert "prior_logit" in core_grads and core_grads["prior_logit"].abs() > 0

@@ -11,7 +11,7 @@ import torch
 from dacdr.data.batches import BatchGatherer
 from dacdr.models import create_model
 from dacdr.models.dacdr import DACDR
-from tests.models.test_attention_parity import _close, _model_outputs, _peaky
+from tests.models.test_attention_parity import _peaky, scoring_paths_agree
 
 
 @pytest.fixture
@@ -37,25 +37,8 @@ def _prior_model(spec, **params):
 @pytest.mark.parametrize("params", [{}, {"domain_mass_feature": True, "mass_feature": True},
                                     {"heads": 4, "domain_prior_gain": 1.0}])
 def test_the_prior_is_the_same_on_every_path(params, handmade_prepared, batch, monkeypatch):
-    import dacdr.models.dacdr as dacdr_module
-
-    calls = []
-    real = dacdr_module.two_step_attention
-    monkeypatch.setattr(dacdr_module, "two_step_attention", lambda *a: calls.append(1) or real(*a))
     model = _prior_model(handmade_prepared.spec, **params)
-    core_out, core_grads = _model_outputs(model, batch)
-    assert calls, "the one-function path was not taken"
-    monkeypatch.setattr(DACDR, "fused_core", False)
-    graph_out, graph_grads = _model_outputs(model, batch)
-    monkeypatch.setattr(DACDR, "fuse_steps", False)
-    step_out, step_grads = _model_outputs(model, batch)
-    for other_out, other_grads in ((graph_out, graph_grads), (step_out, step_grads)):
-        assert core_out.keys() == other_out.keys() and core_grads.keys() == other_grads.keys()
-        for key in other_out:
-            assert torch.isfinite(core_out[key]).all(), key
-            _close(core_out[key], other_out[key], what=key)
-        for key in other_grads:
-            _close(core_grads[key], other_grads[key], what=f"grad {key}")
+    core_grads = scoring_paths_agree(model, batch, monkeypatch)
     prior_grads = [g for n, g in core_grads.items() if n.startswith("domain_prior.")]
     assert len(prior_grads) == len(handmade_prepared.spec.domain_fields)  # one table per domain field
     assert all(g.abs().sum() > 0 for g in prior_grads)
