@@ -60,16 +60,16 @@ def design(rows: pl.DataFrame, t: int, n_items: int, histogram: np.ndarray) -> s
     return sp.hstack([sp.csr_matrix(per_target), items], format="csr")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", type=Path)
-    ap.add_argument("--with-source", action="store_true", help="estimate the item effects from source rows too")
-    ap.add_argument("--normalisation", action="store_true", help="also: the value of the domain's normaliser Z")
-    args = ap.parse_args()
-    spec = read_spec(args.dataset)
+COLUMNS = ["oracle", "transferable oracle", "histogram term", "plug-in (true quality)", "plug-in (estimated quality)"]
+
+
+def quality_table(dataset: Path, with_source: bool = False, log=print) -> dict:
+    """Per target, the cold-start AUC of each of `COLUMNS`; the chosen penalty and the estimates' correlation with
+    the true quality; and the frames `normalisation_table` reads."""
+    spec = read_spec(dataset)
     cfg = SyntheticConfig.model_validate(spec.generator["config"])
     world = build_world(cfg, int(spec.generator["seed"]))
-    df = pl.scan_parquet(args.dataset / "interactions" / "*.parquet").select(
+    df = pl.scan_parquet(dataset / "interactions" / "*.parquet").select(
         "user", "domain", "item", "timestamp", "label", "p_true", "p_transferable", "p_plugin").collect()
     targets = list(spec.target_domains)
     src = df.filter(pl.col("domain") == spec.source_domain)
@@ -80,7 +80,7 @@ def main() -> None:
     t = t.with_columns(pl.Series("histogram", _logit(t["p_plugin"].to_numpy()) - quality))
     train = t.filter(pl.col("timestamp") < spec.test_start)
     fit_rows = train
-    if args.with_source:  # "domain_index" T: the source's own intercept column; its histogram column stays 0
+    if with_source:  # "domain_index" T: the source's own intercept column; its histogram column stays 0
         fit_rows = pl.concat([train, src.filter(pl.col("timestamp") < spec.test_start).with_columns(
             pl.lit(len(targets)).alias("domain_index"), pl.lit(0.0).alias("histogram"))], how="diagonal_relaxed")
     test = t.filter((pl.col("timestamp") >= spec.test_start) & pl.col("user").is_in(src_before))
@@ -89,37 +89,51 @@ def main() -> None:
     warm, cold = test.filter(pl.col("warm")), test.filter(~pl.col("warm"))
     n_items = int(df["item"].max()) + 1
 
-    n_blocks = len(targets) + int(args.with_source)
+    n_blocks = len(targets) + int(with_source)
     x_train = design(fit_rows, n_blocks, n_items, fit_rows["histogram"].to_numpy())
     best = None
     for c in PENALTIES:
         fit = LogisticRegression(C=c, max_iter=2000).fit(x_train, fit_rows["label"].to_numpy())
         score = np.mean([auc(g["label"].to_numpy(), fit.decision_function(
             design(g, n_blocks, n_items, g["histogram"].to_numpy()))) for _, g in warm.group_by("domain")])
-        print(f"C = {c:g}: warm users' test AUC (mean of targets) {score:.4f}")
+        log(f"C = {c:g}: warm users' test AUC (mean of targets) {score:.4f}")
         if best is None or score > best[0]:
             best = (score, c, fit)
     _, c, fit = best
     true_q, est_q = world.item_quality, fit.coef_[0, 2 * n_blocks:]
     seen = np.unique(fit_rows["item"].to_numpy())
-    corr = float(np.corrcoef(true_q[seen], est_q[seen])[0, 1])
-    print(f"\nchosen C = {c:g}; correlation of the estimated item effects with the true quality "
-          f"(items seen in training): {corr:.3f}\n")
-    cols = ["oracle", "transferable oracle", "histogram term", "plug-in (true quality)", "plug-in (estimated quality)"]
-    print("| cold-start AUC | " + " | ".join(cols) + " |")
-    print("|---|" + "---|" * len(cols))
-    means = np.zeros(len(cols))
+    rows = {}
     for name in targets:
         g = cold.filter(pl.col("domain") == name)
         y = g["label"].to_numpy()
         est = fit.decision_function(design(g, n_blocks, n_items, g["histogram"].to_numpy()))
-        row = np.array([auc(y, g["p_true"].to_numpy()), auc(y, g["p_transferable"].to_numpy()),
-                        auc(y, g["histogram"].to_numpy()), auc(y, g["p_plugin"].to_numpy()), auc(y, est)])
-        means += row / len(targets)
+        rows[name] = [auc(y, g["p_true"].to_numpy()), auc(y, g["p_transferable"].to_numpy()),
+                      auc(y, g["histogram"].to_numpy()), auc(y, g["p_plugin"].to_numpy()), auc(y, est)]
+    return {"rows": rows, "penalty": c, "correlation": float(np.corrcoef(true_q[seen], est_q[seen])[0, 1]),
+            "frames": (world, cfg, src, train, cold, targets)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("--with-source", action="store_true", help="estimate the item effects from source rows too")
+    ap.add_argument("--normalisation", action="store_true", help="also: the value of the domain's normaliser Z")
+    args = ap.parse_args()
+    out = quality_table(args.dataset, args.with_source)
+    print(f"\nchosen C = {out['penalty']:g}; correlation of the estimated item effects with the true quality "
+          f"(items seen in training): {out['correlation']:.3f}\n")
+    print("| cold-start AUC | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for name, row in out["rows"].items():
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
-    print("| mean | " + " | ".join(f"{v:.4f}" for v in means) + " |")
+    print("| mean | " + " | ".join(f"{v:.4f}" for v in np.mean(list(out["rows"].values()), axis=0)) + " |")
     if args.normalisation:
-        normalisation(world, cfg, spec, src, train, warm, cold, targets)
+        print("\n| cold-start AUC | share(c) and topic (pooling's counts) | + log Z (step 1's normaliser) | "
+              "difference |\n|---|---|---|---|")
+        rows = normalisation_table(*out["frames"])
+        for name, (without, with_z) in rows.items():
+            print(f"| {name} | {without:.4f} | {with_z:.4f} | {with_z - without:+.4f} |")
+        print(f"| mean | | | {np.mean([b - a for a, b in rows.values()]):+.4f} |")
 
 
 WINDOW = 50
@@ -142,8 +156,8 @@ def topic_shares(rows: pl.DataFrame, src: pl.DataFrame, item_topic: np.ndarray, 
     return (counts + a) / (counts.sum(1, keepdims=True) + k * a)
 
 
-def normalisation(world, cfg, spec, src, train, warm, cold, targets) -> None:  # noqa: ANN001 (a report)
-    """Per target: AUC on the cold-start rows of [log share(c), topic] with and without log Z."""
+def normalisation_table(world, cfg, src, train, cold, targets) -> dict[str, tuple[float, float]]:  # noqa: ANN001
+    """Per target: cold-start AUC of [log share(c), topic] without and with log Z (fitted on the training rows)."""
     k = cfg.n_topics
 
     def features(rows: pl.DataFrame, d: int, with_z: bool) -> np.ndarray:
@@ -154,20 +168,17 @@ def normalisation(world, cfg, spec, src, train, warm, cold, targets) -> None:  #
             cols.append(np.log(share @ world.focus[d])[:, None])
         return np.hstack(cols)
 
-    print("\n| cold-start AUC | share(c) and topic (pooling's counts) | + log Z (step 1's normaliser) | difference |"
-          "\n|---|---|---|---|")
-    diffs = []
-    for i, name in enumerate(targets):
-        d = world.domains.index(name) if name in world.domains else i + 1
+    out = {}
+    for name in targets:
+        d = world.domains.index(name)
         tr, te = train.filter(pl.col("domain") == name), cold.filter(pl.col("domain") == name)
         y = te["label"].to_numpy()
         row = []
         for with_z in (False, True):
             fit = LogisticRegression(C=1e6, max_iter=2000).fit(features(tr, d, with_z), tr["label"].to_numpy())
             row.append(auc(y, fit.decision_function(features(te, d, with_z))))
-        diffs.append(row[1] - row[0])
-        print(f"| {name} | {row[0]:.4f} | {row[1]:.4f} | {row[1] - row[0]:+.4f} |")
-    print(f"| mean | | | {np.mean(diffs):+.4f} |")
+        out[name] = (row[0], row[1])
+    return out
 
 
 if __name__ == "__main__":

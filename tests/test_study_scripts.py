@@ -1,5 +1,6 @@
 """The attention study's scripts: benchmarks/mechanism_parts.py (what selection is worth, no training) on the tiny
-mechanism world, with the mean and the best-match item-level part, and attention_study.py's world labels."""
+mechanism world, with the mean and the best-match item-level part, benchmarks/plugin_quality.py (the plug-in's
+parts and the domain normaliser) on the tiny world, and attention_study.py's world labels."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dacdr.data.synthetic import generate, get_preset
 from tests.benchmark_scripts import BENCH, load
 
 mechanism_parts = load(BENCH / "mechanism_parts.py")
+plugin_quality = load(BENCH / "plugin_quality.py")
 
 
 @pytest.mark.parametrize("item_part", ["mean", "best"])
@@ -54,3 +56,19 @@ def test_attention_study_world_labels() -> None:
     assert cfg["mechanism-i2"]["brand_latent_noise"] == base.brand_latent_noise
     assert cfg["mechanism-s0.5"]["mechanism"]["strength"] == 0.5
     assert cfg["demo"] == get_preset("demo").model_dump(mode="json")
+
+
+@pytest.mark.parametrize("with_source", [False, True])
+def test_plugin_quality_splits_the_plug_in_and_prices_the_normaliser(tmp_path, with_source) -> None:
+    root = generate(get_preset("tiny"), tmp_path / "tiny", seed=0)
+    out = plugin_quality.quality_table(root, with_source=with_source, log=lambda *_: None)
+    assert list(out["rows"]) == ["target_1", "target_2", "target_3"]
+    for oracle, transferable, histogram, plugin, estimated in out["rows"].values():
+        assert all(0.5 < v < 1.0 for v in (oracle, transferable, histogram, plugin, estimated))
+        assert plugin > histogram  # the true quality is part of the plug-in: without it the AUC falls
+        assert oracle > histogram
+    assert out["penalty"] in plugin_quality.PENALTIES
+    if not with_source:  # the targets' clicks reveal some of the true quality
+        assert out["correlation"] > 0.1
+    norm = plugin_quality.normalisation_table(*out["frames"])
+    assert list(norm) == list(out["rows"]) and all(0.5 < a < 1.0 and 0.5 < b < 1.0 for a, b in norm.values())
