@@ -47,6 +47,8 @@ V01 = {"match_on": "values", "ablation": "drop"}  # dacdr 0.1's DACDR and ablati
 # on the count features: `DACDR+hits` is 0.3's DACDR; 0.4 the sharper steps: `DACDR+hits+T0.25+floor`)
 V02 = {"match_counts": False, "domain_mass_feature": False, "temperature": 1.0, "prior_floor": False,
        "domain_prior": False}
+# the domain prior as first measured (plan items 40-49): started at 0, gain 1 unless a `+pg…` lever says otherwise
+ZERO_PRIOR = {"domain_prior": True, "domain_prior_gain": 1.0, "domain_prior_init": "zero"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "paper": ("DACDR (paper)", {}),
     "v0.1 DACDR": ("DACDR", V01 | V02),
@@ -80,10 +82,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # step 1's logits plus a learnt bias per (domain feature value, behaviour category), started at 0 (plan item
     # 40; a study-only probe then, the model's `domain_prior` since, gain 1 as first measured): a direct path for
     # the domain's focus over the history's topics
-    "dprior DACDR": ("DACDR", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
-    "dprior w/o IA": ("DACDR w/o IA", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
+    "dprior DACDR": ("DACDR", V02 | ZERO_PRIOR),
+    "dprior w/o IA": ("DACDR w/o IA", V02 | ZERO_PRIOR),
     # the same with step 2's prior floor started elsewhere (`+fi0`: share 0.5 instead of 0.12; plan item 45)
-    "finit DACDR": ("DACDR floor-init", V02 | {"domain_prior": True, "domain_prior_gain": 1.0}),
+    "finit DACDR": ("DACDR floor-init", V02 | ZERO_PRIOR),
+    # the domain prior (gain 4) started from each target's category frequencies in its training rows (plan item 50;
+    # a study-only probe then, the model's `domain_prior_init="data"` since)
+    "pinit DACDR": ("DACDR", V02 | {"domain_prior": True, "domain_prior_gain": 4.0, "domain_prior_init": "data"}),
+    "pinit w/o IA": ("DACDR w/o IA", V02 | {"domain_prior": True, "domain_prior_gain": 4.0, "domain_prior_init": "data"}),
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "id": {"value_init": "identity"},
@@ -110,6 +116,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "g4": {"step1_gain": 4.0},  # `gain` probes only
     "g16": {"step1_gain": 16.0},
     "g64": {"step1_gain": 64.0},
+    "g0": {"step1_gain": 0.0},  # `gain` probes only: step 1's query-key scores off (0), its domain prior alone
+    "dp4": ZERO_PRIOR | {"domain_prior_gain": 4.0},  # the zero-started domain prior (gain 4) on any variant
     "pg4": {"domain_prior_gain": 4.0},  # with `dprior`: the table times 4 (it learns 4 times faster under Adam)
     "pg16": {"domain_prior_gain": 16.0},
     "pid": {"domain_prior_keys": ("domain",)},  # with `dprior`: keyed on the domain id only
@@ -231,11 +239,12 @@ class StepOneGainDACDR(DACDR):
         self.params |= {"step1_gain": step1_gain}
         da = self.domain_attention
         if da is not None and da.w_q is not None:
-            with torch.no_grad():
-                da.w_q.weight.div_(math.sqrt(step1_gain))
-                da.w_k.weight.div_(math.sqrt(step1_gain))
+            if step1_gain > 0:
+                with torch.no_grad():
+                    da.w_q.weight.div_(math.sqrt(step1_gain))
+                    da.w_k.weight.div_(math.sqrt(step1_gain))
             da.__class__ = _GainAttention
-            da.gain = step1_gain
+            da.gain = step1_gain  # 0: scores of 0 (and no gradient for the map): step 1 is its prior alone
 
 
 for _name, _variant in (("DACDR", "full"), ("DACDR w/o IA", "no_ia")):

@@ -90,3 +90,53 @@ def test_no_category_no_prior_and_the_ablations_without_step_one_have_none(handm
 
 def test_a_description_without_the_prior_loads_without_it():
     assert DACDR.legacy_params({"match_on": "tokens", "match_counts": True, "prior_floor": True})["domain_prior"] is False
+
+
+def test_the_prior_starts_from_the_domains_category_frequencies(handmade_prepared):
+    """`domain_prior_init="data"`: the domain id's table starts at each domain's centred log frequency of the
+    categories among its target training samples' items; other tables, and `"zero"`, start at 0."""
+    prepared = handmade_prepared
+    spec = prepared.spec
+    model = create_model("DACDR", spec, domain_prior=True, domain_prior_gain=2.0)
+    assert all(float(t.abs().sum()) == 0 for t in model.domain_prior)
+    said = model.init_from_data(prepared)
+    assert said and "category" in said
+    idx = prepared.split.train_target
+    cat = prepared.item_table[prepared.samples["item"][idx], spec.item_fields.index("category")]
+    dom = prepared.samples["domain"][idx]
+    counts = np.zeros((spec.vocab_sizes["domain"], spec.vocab_sizes["category"]))
+    for d, c in zip(dom, cat, strict=True):
+        counts[d, c] += 1
+    want = np.log(counts + 1.0) - np.log(counts + 1.0).mean(1, keepdims=True)
+    want[counts.sum(1) == 0] = 0.0
+    j = spec.domain_fields.index("domain")
+    table = model.domain_prior[[p for p, _ in model.prior_pairs].index(j)]
+    np.testing.assert_allclose(2.0 * table.detach().numpy(), want, atol=1e-6)
+    assert np.abs(want).sum() > 0  # the fixture's domains do prefer some categories
+    others = [t for (jj, _), t in zip(model.prior_pairs, model.domain_prior, strict=True) if jj != j]
+    assert all(float(t.abs().sum()) == 0 for t in others)
+    zero = create_model("DACDR", spec, domain_prior=True, domain_prior_init="zero")
+    assert zero.init_from_data(prepared) is None and all(float(t.abs().sum()) == 0 for t in zero.domain_prior)
+
+
+def test_data_that_cannot_count_leaves_the_prior_at_zero(handmade_prepared):
+    class OnDisk:  # streaming data: the training samples are not in memory
+        def domain_item_counts(self, field):
+            return None
+
+    model = create_model("DACDR", handmade_prepared.spec, domain_prior=True)
+    said = model.init_from_data(OnDisk())
+    assert "starts at 0" in said and all(float(t.abs().sum()) == 0 for t in model.domain_prior)
+    with pytest.raises(ValueError, match="domain_prior_init"):
+        create_model("DACDR", handmade_prepared.spec, domain_prior=True, domain_prior_init="random")
+
+
+def test_a_run_logs_the_data_start(handmade_path, tmp_path):
+    from dacdr.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from dacdr.recipes.train import train_run
+
+    cfg = RunConfig(data=DataConfig(path=str(handmade_path), max_len=8),
+                    model=ModelConfig(name="DACDR", params={"dim": 8, "domain_prior": True}),
+                    train=TrainConfig(epochs=1, batch_size=128, progress=False, num_threads=1))
+    train_run(cfg, run_dir=tmp_path / "run")
+    assert "domain prior: started from the domains' category frequencies" in (tmp_path / "run" / "log.txt").read_text()

@@ -55,6 +55,12 @@ class TrainingData(Protocol):
         """Mean label of those samples (0.5 when there are none): the output bias starts there."""
         ...
 
+    def domain_item_counts(self, field: str) -> np.ndarray | None:
+        """[domain vocabulary, `field`'s vocabulary]: per domain, how many of its target training samples have an
+        item with each value of the item field `field` (e.g. category); None where the data cannot count them
+        in memory. Some models start domain-specific weights from it (DACDR's domain prior)."""
+        ...
+
     def eval_view(self) -> PreparedData:
         """The validation and test samples (with their split), in memory."""
         ...

@@ -100,6 +100,14 @@ class PreparedData:
         idx = self.training_indices(train_on)
         return float(self.samples["label"][idx].mean()) if len(idx) else 0.5
 
+    def domain_item_counts(self, field: str) -> np.ndarray | None:
+        spec = self.spec
+        idx = self.split.train_target
+        values = self.item_table[self.samples["item"][idx], spec.item_fields.index(field)]
+        counts = np.zeros((spec.vocab_sizes["domain"], spec.vocab_sizes[field]))
+        np.add.at(counts, (self.samples["domain"][idx], values), 1.0)
+        return counts
+
     def eval_view(self) -> PreparedData:
         return self
 

@@ -237,6 +237,10 @@ class StreamingData:
         n = self.n_train(train_on)
         return sum(self.meta["label_sum"][k] for k in _kinds(train_on)) / n if n else 0.5
 
+    def domain_item_counts(self, field: str) -> np.ndarray | None:
+        """Not counted: the training samples are on disk in shards (a model falls back to its plain start)."""
+        return None
+
     def eval_view(self) -> PreparedData:
         """Validation and test samples as a `PreparedData` whose training index sets are empty."""
         n_test = len(self.test_cold)

@@ -55,6 +55,11 @@ class RecModel(nn.Module):
         lo, hi = self.spec.label_range
         return raw.clamp(lo, hi)
 
+    def init_from_data(self, data: Any) -> str | None:
+        """Called once by the trainer before a run's first step with its `TrainingData`: a model that starts
+        some weights from training statistics sets them here and says what it did (a log line), else None."""
+        return None
+
     def output_layer(self) -> nn.Linear:
         """The final linear layer, whose bias the trainer sets to the base rate before training."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,7 +74,8 @@ class DACDR(RecModel):
     e.g. (page type, category): a direct path for a domain's focus over the history's topics, started at 0 and
     scaled by ``domain_prior_gain`` (the rate at which Adam moves it); keyed on the ``domain_prior_fields`` among
     the item features (not the item id) that the dataset has — none: no prior — and on the domain fields
-    ``domain_prior_keys`` (None: every domain field).
+    ``domain_prior_keys`` (None: every domain field); ``domain_prior_init="data"`` starts the domain id's table
+    from the domains' attribute frequencies in the training rows (`init_from_data`), ``"zero"`` at 0.
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -114,6 +116,7 @@ class DACDR(RecModel):
         domain_prior_fields: tuple[str, ...] = ("category",),
         domain_prior_gain: float = 4.0,
         domain_prior_keys: tuple[str, ...] | None = None,
+        domain_prior_init: Literal["data", "zero"] = "data",
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
@@ -125,6 +128,7 @@ class DACDR(RecModel):
             match_bonus=match_bonus, match_bonus_init=match_bonus_init, domain_prior=domain_prior,
             domain_prior_fields=list(domain_prior_fields), domain_prior_gain=domain_prior_gain,
             domain_prior_keys=None if domain_prior_keys is None else list(domain_prior_keys),
+            domain_prior_init=domain_prior_init,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -165,6 +169,9 @@ class DACDR(RecModel):
             [nn.Parameter(torch.zeros(spec.vocab_sizes[spec.domain_fields[j]], spec.vocab_sizes[spec.item_fields[g]]))
              for j, g in self.prior_pairs]) if self.prior_pairs else None
         self.domain_prior_gain = domain_prior_gain
+        if domain_prior_init not in ("data", "zero"):
+            raise ValueError(f"unknown domain_prior_init {domain_prior_init!r}: expected 'data' or 'zero'")
+        self.domain_prior_init = domain_prior_init
         self.positions = nn.Embedding(spec.max_len, dim) if position_keys else None
         if self.positions is not None:
             nn.init.normal_(self.positions.weight, std=0.05)
@@ -213,6 +220,29 @@ class DACDR(RecModel):
 
     def output_layer(self) -> nn.Linear:
         return self.predictor[-1]
+
+    def init_from_data(self, data: Any) -> str | None:
+        """``domain_prior_init="data"``: the domain id's prior table starts at each domain's log frequency of the
+        behaviour attribute among its target training samples' items (centred per domain; 0 for a domain without
+        target samples): what the data says about a domain's focus, where a zero start can settle elsewhere in a
+        two-epoch budget (docs/results.md). The other domain fields' tables start at 0."""
+        if self.domain_prior is None or self.domain_prior_init != "data":
+            return None
+        done = []
+        for (j, g), table in zip(self.prior_pairs, self.domain_prior, strict=True):
+            field = self.spec.item_fields[g]
+            if self.spec.domain_fields[j] != "domain":
+                continue
+            counts = data.domain_item_counts(field)
+            if counts is None:
+                return "domain prior: the data cannot count its training samples in memory; it starts at 0"
+            logf = np.log(counts + 1.0)
+            logf -= logf.mean(1, keepdims=True)
+            logf[counts.sum(1) == 0] = 0.0
+            with torch.no_grad():
+                table.copy_(torch.as_tensor(logf, dtype=table.dtype) / self.domain_prior_gain)
+            done.append(field)
+        return f"domain prior: started from the domains' {', '.join(done)} frequencies" if done else None
 
     def step1_prior(self, seq: torch.Tensor, item: torch.Tensor, domain: torch.Tensor) -> torch.Tensor | None:
         """[B, L]: the domain prior of each behaviour (``domain_prior``), or None without one."""

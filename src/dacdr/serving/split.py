@@ -45,7 +45,7 @@ COVERED_PARAMS = {
     "match_on", "ablation", "value_init", "position_keys", "temperature", "mass_feature", "match_counts",
     "count_weights", "domain_mass_feature", "attention_score", "cosine_scale", "prior_floor", "match_bonus",
     "match_bonus_init", "domain_prior", "domain_prior_fields", "domain_prior_gain",
-    "domain_prior_keys",
+    "domain_prior_keys", "domain_prior_init",
 }
 """DACDR's constructor parameters the split reproduces (`match_bonus` only when off; the domain prior is part of
 step 1, all user side); a model with another one

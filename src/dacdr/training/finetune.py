@@ -180,6 +180,9 @@ class FinetuneTrainer(Trainer):
     def _init_output_bias(self) -> None:
         """The output layer is frozen: keep the base model's bias."""
 
+    def _init_from_data(self) -> None:
+        """The base model's weights are kept; the new domain's prior rows start at 0 (`expand_model`)."""
+
 
 def restrict_split(prepared: PreparedData, domain: str) -> PreparedData:
     """`prepared` whose training and validation samples are the target rows of `domain` only."""

@@ -127,6 +127,12 @@ class Trainer:
             for layer in self.model.output_layers():
                 layer.bias.fill_(value)
 
+    def _init_from_data(self) -> None:
+        """The model's own start from training statistics (`RecModel.init_from_data`), logged."""
+        said = self.model.init_from_data(self.data)
+        if said:
+            self.log(said)
+
     def _set_phase(self, name: str | None) -> None:
         set_phase = getattr(self.model, "set_phase", None)
         if callable(set_phase):
@@ -269,6 +275,7 @@ class Trainer:
                 torch.set_rng_state(blob["rng"])
             elif state["epoch"] == 0 and p_i == 0:
                 self._init_output_bias()
+                self._init_from_data()
             epochs = phase.epochs or cfg.epochs
             while state["epoch"] < epochs:
                 # The shuffle order depends only on (seed, phase, epoch), so a resumed run replays exactly.
