@@ -112,7 +112,7 @@ class DACDR(RecModel):
         prior_floor: bool = True,
         match_bonus: bool = False,
         match_bonus_init: float = 0.0,
-        domain_prior: bool = False,
+        domain_prior: bool = True,
         domain_prior_fields: tuple[str, ...] = ("category",),
         domain_prior_gain: float = 4.0,
         domain_prior_keys: tuple[str, ...] | None = None,
@@ -156,10 +156,10 @@ class DACDR(RecModel):
         # sees the candidate beside each behaviour; starts at `match_bonus_init` (0: the model without it)
         self.match_bonus = (nn.Parameter(torch.full((n,), float(match_bonus_init)))
                             if match_bonus and self.use_ia else None)
-        # (lever, docs/models.md) step 1's logits gain a learnt bias per (domain feature value, behaviour attribute
-        # value), one table per pair of fields, started at 0 (the model without it): the domain's focus over the
-        # history's topics written directly instead of learnt through the product of four small embeddings
-        # (query, W_Q, W_K, key), which two epochs do not move far from uniform (docs/results.md)
+        # (choice, dacdr 0.5, docs/models.md) step 1's logits gain a learnt bias per (domain feature value, behaviour
+        # attribute value), one table per pair of fields: the domain's focus over the history's topics written
+        # directly instead of learnt through the product of four small embeddings (query, W_Q, W_K, key), which
+        # two epochs do not move far from uniform; the domain id's table starts from the data (`init_from_data`)
         self.prior_pairs: list[tuple[int, int]] = []  # (domain field index, item field index)
         if domain_prior and self.use_da:
             attrs = [f for f in domain_prior_fields if f in spec.item_fields[1:]]
