@@ -22,7 +22,8 @@ graph of small ops instead of the one function with a hand-written backward, lay
 `compile-scoring` (that function replaced by torch.compile of the same maths written as autograd ops; the
 compile, and one recompile for an epoch's last, smaller batch, fall in the warm-up or in one round); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
 in the forward pass; not the same results); `chunkN`, e.g. `chunk256` (the one-function scoring called on
-slices of N samples, so that a slice's sequence stays in the core's cache between the products; the same maths).
+slices of N samples, so that a slice's sequence stays in the core's cache between the products; the same maths);
+`no-prior` (DACDR without dacdr 0.5's domain prior on step 1: 0.4's model).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior")
 
 
 def peak_rss_mb() -> float:
@@ -218,6 +219,11 @@ def stepwise() -> Iterator[None]:
         DACDR.fuse_steps = saved
 
 
+def model_params(levers: set[str]) -> dict[str, object]:
+    """Constructor parameters a lever sets (`no-prior`: DACDR without its domain prior)."""
+    return {"domain_prior": False} if "no-prior" in levers else {}
+
+
 def parse_spec(spec: str) -> tuple[str, set[str]]:
     """`DACDR+textbook+bf16` -> ("DACDR", {"textbook", "bf16"})."""
     name, *levers = spec.split("+")
@@ -362,7 +368,8 @@ def main() -> None:
         trainers = {}
         for spec, name, levers in specs:
             torch.manual_seed(0)  # the same initial weights for a model with or without levers
-            trainers[spec] = Trainer(create_model(name, prepared.spec).to(device), g, idx, bs, levers, device)
+            trainers[spec] = Trainer(create_model(name, prepared.spec, **model_params(levers)).to(device), g, idx, bs,
+                                     levers, device)
             for _ in range(args.warmup):
                 trainers[spec].step()
         steps = max(5, args.samples_per_point // bs)
@@ -392,7 +399,7 @@ def main() -> None:
         if "compile" in levers:  # not timed: eval batches of another size would recompile inside the timing
             continue
         torch.manual_seed(0)
-        model = create_model(name, prepared.spec).to(device)
+        model = create_model(name, prepared.spec, **model_params(levers)).to(device)
         test = prepared.split.test
         with lever_context(levers, device):
             predict(model, g, test[:8192])  # warm-up
