@@ -70,9 +70,9 @@ class DACDR(RecModel):
     ``attention_score="cosine"`` scores by the cosine of query map and token times a learnt per-head scale;
     ``prior_floor`` mixes step 2's prior with the uniform allocation by a learnt share; ``match_bonus`` adds a
     learnt per-field bonus to step 2's logits for behaviours that share the candidate's item / category / brand;
-    ``domain_prior`` (on by default since dacdr 0.5) adds to step 1's logits a learnt bias per (domain feature value, behaviour attribute value),
-    e.g. (page type, category): a direct path for a domain's focus over the history's topics, started at 0 and
-    scaled by ``domain_prior_gain`` (the rate at which Adam moves it); keyed on the ``domain_prior_fields`` among
+    ``domain_prior`` (on by default since dacdr 0.5) adds to step 1's logits a learnt bias per (domain feature
+    value, behaviour attribute value), e.g. (page type, category): a direct path for a domain's focus over the
+    history's topics, scaled by ``domain_prior_gain`` (the rate at which Adam moves it); keyed on the ``domain_prior_fields`` among
     the item features (not the item id) that the dataset has — none: no prior — and on the domain fields
     ``domain_prior_keys`` (None: every domain field); ``domain_prior_init="data"`` starts the domain id's table
     from the domains' attribute frequencies in the training rows (`init_from_data`), ``"zero"`` at 0.
