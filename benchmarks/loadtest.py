@@ -79,12 +79,14 @@ def tree_cpu_s(pid: int) -> float:
     return sum(times.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
-def config_name(name: str, default_cpus: str | None) -> tuple[str, str | None, str | None]:
-    """`NAME[@CPUS][%SRC]` -> (name, the server's CPUs, a source tree to import dacdr from, e.g. `git archive` of
-    an earlier commit, so that code versions can be compared in one interleaved run)."""
+def config_name(name: str, default_cpus: str | None) -> tuple[str, str | None, str | None, Path | None]:
+    """`NAME[@CPUS][%SRC][#PACKAGE]` -> (name, the server's CPUs, a source tree to import dacdr from, e.g. `git
+    archive` of an earlier commit, so that code versions can be compared in one interleaved run, and a package
+    served instead of the positional one, e.g. another release's model of the same data)."""
+    name, _, package = name.partition("#")
     name, _, src = name.partition("%")
     name, _, cpus = name.partition("@")
-    return name, cpus or default_cpus, src or None
+    return name, cpus or default_cpus, src or None, Path(package) if package else None
 
 
 def start_server(package: Path, args: list[str], cpus: str | None,
@@ -225,8 +227,8 @@ def run_config(name: str, server_args: list[str], args: argparse.Namespace, bodi
     random_lua, cold_lua = tmp / "random.lua", tmp / f"cold-{abs(hash(name))}.lua"
     random_lua.write_text(lua_script(bodies, once=False))
     cold_lua.write_text(lua_script(cold_bodies, once=True))
-    name, cpus, src = config_name(name, args.server_cpus)
-    proc, url = start_server(args.package, server_args, cpus, src)
+    name, cpus, src, package = config_name(name, args.server_cpus)
+    proc, url = start_server(package or args.package, server_args, cpus, src)
     rows = []
     try:
         # wrk keeps its clock running after the script stops its thread: the pass's req/s is not meaningful
@@ -266,8 +268,8 @@ def ablation(args: argparse.Namespace, bodies: list[dict], tmp: Path) -> list[di
     try:
         for spec in args.configs:
             name, _, server_args = spec.partition(":")
-            name, cpus, src = config_name(name, args.server_cpus)
-            servers.append((name, *start_server(args.package, shlex.split(server_args), cpus, src)))
+            name, cpus, src, package = config_name(name, args.server_cpus)
+            servers.append((name, *start_server(package or args.package, shlex.split(server_args), cpus, src)))
         for _, _, url in servers:  # warm every server the same way
             run_wrk(url, script, 8, 2, args.client_cpus)
         samples: dict[tuple[str, int], list[dict]] = {}
@@ -341,7 +343,7 @@ def main() -> None:
     ap.add_argument("package", type=Path)
     ap.add_argument("--reload-package", type=Path, default=None, help="package swapped in under load")
     ap.add_argument("--configs", nargs="+", default=["torch:--engine torch", "onnx:--engine onnx"],
-                    help="NAME[@SERVER CPUS][%%SOURCE TREE]:SERVE ARGS, one configuration each")
+                    help="NAME[@SERVER CPUS][%%SOURCE TREE][#PACKAGE]:SERVE ARGS, one configuration each")
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     ap.add_argument("--duration", type=int, default=8, help="seconds of wrk per level")
     ap.add_argument("--requests", type=int, default=400, help="requests of the Python client per level")
