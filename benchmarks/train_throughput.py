@@ -23,7 +23,9 @@ graph of small ops instead of the one function with a hand-written backward, lay
 compile, and one recompile for an epoch's last, smaller batch, fall in the warm-up or in one round); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
 in the forward pass; not the same results); `chunkN`, e.g. `chunk256` (the one-function scoring called on
 slices of N samples, so that a slice's sequence stays in the core's cache between the products; the same maths);
-`no-prior` (DACDR without dacdr 0.5's domain prior on step 1: 0.4's model).
+`no-prior` (DACDR without dacdr 0.5's domain prior on step 1: 0.4's model); `flat-prior` (the domain prior as
+0.5 first computed it: a flat gather of [B, L] per table instead of the tables' rows summed first and one gather
+per item field; the same maths).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior", "flat-prior")
 
 
 def peak_rss_mb() -> float:
@@ -136,8 +138,8 @@ def attention_form(form: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def class_flag(name: str, value: bool | str) -> Iterator[None]:
-    """A DACDR class switch set for the duration."""
+def class_flag(name: str, value: object) -> Iterator[None]:
+    """A DACDR class attribute (a switch, or a method) set for the duration."""
     saved = getattr(DACDR, name)
     setattr(DACDR, name, value)
     try:
@@ -219,6 +221,19 @@ def stepwise() -> Iterator[None]:
         DACDR.fuse_steps = saved
 
 
+def _flat_prior(self, seq: torch.Tensor, item: torch.Tensor, domain: torch.Tensor) -> torch.Tensor | None:
+    """DACDR.step1_prior as first written (0.5): one flat gather of [B, L] per table."""
+    if self.domain_prior is None:
+        return None
+    seq_ids, _ = self.embeddings.item_ids(seq, item)
+    dom_ids = self.embeddings.domain_ids(domain)
+    out = None
+    for (j, g), table in zip(self.prior_pairs, self.domain_prior, strict=True):
+        term = table.reshape(-1)[dom_ids[:, j, None] * table.shape[1] + seq_ids[..., g]]
+        out = term if out is None else out + term
+    return self.domain_prior_gain * out
+
+
 def model_params(levers: set[str]) -> dict[str, object]:
     """Constructor parameters a lever sets (`no-prior`: DACDR without its domain prior)."""
     return {"domain_prior": False} if "no-prior" in levers else {}
@@ -248,6 +263,8 @@ def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStac
     for lever in levers:
         if lever.startswith("chunk"):
             stack.enter_context(chunked_scoring(int(lever[len("chunk"):])))
+    if "flat-prior" in levers:
+        stack.enter_context(class_flag("step1_prior", _flat_prior))
     if "bf16" in levers:
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack

@@ -44,6 +44,37 @@ def test_the_prior_is_the_same_on_every_path(params, handmade_prepared, batch, m
     assert all(g.abs().sum() > 0 for g in prior_grads)
 
 
+def _prior_by_definition(model, seq, item, domain):
+    """The prior as written: per behaviour, the sum over the tables of table[its sample's domain value, its
+    category] (an explicit loop), times the gain."""
+    seq_ids, _ = model.embeddings.item_ids(seq, item)
+    dom_ids = model.embeddings.domain_ids(domain)
+    b = max(seq_ids.shape[0], dom_ids.shape[0])
+    out = torch.zeros(b, seq_ids.shape[1], dtype=model.domain_prior[0].dtype)
+    for (j, g), table in zip(model.prior_pairs, model.domain_prior, strict=True):
+        for r in range(b):
+            d = dom_ids[min(r, dom_ids.shape[0] - 1), j]
+            cats = seq_ids[min(r, seq_ids.shape[0] - 1), :, g]
+            out[r] = out[r] + table[d, cats]
+    return model.domain_prior_gain * out
+
+
+def test_the_prior_is_its_definition_with_its_gradient_and_batch_one_sides(handmade_prepared, batch):
+    model = _prior_model(handmade_prepared.spec, domain_prior_gain=3.0)
+    seq, item, domain = (torch.as_tensor(batch[k]) for k in ("seq", "item", "domain"))
+    got = model.step1_prior(seq, item, domain)
+    want = _prior_by_definition(model, seq, item, domain)
+    torch.testing.assert_close(got, want)
+    weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(3))
+    g_got = torch.autograd.grad((got * weights).sum(), list(model.domain_prior))
+    g_want = torch.autograd.grad((want * weights).sum(), list(model.domain_prior))
+    for a, b in zip(g_got, g_want, strict=True):  # sums in another order: float32's noise on entries of ~10
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    # serving's shapes: one user's history against a batch of domains, and a batch of histories in one domain
+    for s_, d_ in ((seq[5:6], domain), (seq, domain[5:6])):
+        torch.testing.assert_close(model.step1_prior(s_, item, d_), _prior_by_definition(model, s_, item, d_))
+
+
 def test_a_zero_prior_is_the_model_without_it(handmade_prepared, batch):
     spec = handmade_prepared.spec
     with_prior = _prior_model(spec)

@@ -251,11 +251,18 @@ class DACDR(RecModel):
         emb = self.embeddings
         seq_ids, _ = emb.item_ids(seq, item)  # [B or 1, L, >= n]: the item fields lead the sequence's
         dom_ids = emb.domain_ids(domain)  # [B or 1, m]
+        # Per item field, each sample's rows of the tables (one per domain field) summed first, then one gather per
+        # behaviour: a [B, L] gather per item field instead of per table, and the gradient's scatter onto [B, V]
+        # rows (about half the time of a flat gather per table in training).
         out = None
-        for (j, g), table in zip(self.prior_pairs, self.domain_prior, strict=True):
-            # a flat gather (one index per behaviour): what every exporter knows
-            index = dom_ids[:, j, None] * table.shape[1] + seq_ids[..., g]
-            term = table.reshape(-1)[index]
+        for g in sorted({g for _, g in self.prior_pairs}):
+            rows = None
+            for (j, g2), table in zip(self.prior_pairs, self.domain_prior, strict=True):
+                if g2 == g:
+                    rows = table[dom_ids[:, j]] if rows is None else rows + table[dom_ids[:, j]]  # [B or 1, V]
+            ids = seq_ids[..., g]  # [B or 1, L]
+            b = max(rows.shape[0], ids.shape[0])  # one side may be a single user's (serving)
+            term = torch.gather(rows.expand(b, -1), 1, ids.expand(b, -1))
             out = term if out is None else out + term
         return self.domain_prior_gain * out
 
