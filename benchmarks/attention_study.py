@@ -44,9 +44,10 @@ from dacdr.training.checkpoint import load_model
 
 V01 = {"match_on": "values", "ablation": "drop"}  # dacdr 0.1's DACDR and ablations
 # dacdr 0.2's defaults, pinned so that a label keeps its meaning when the registry's defaults move (0.3 turned
-# on the count features: `DACDR+hits` is 0.3's DACDR; 0.4 the sharper steps: `DACDR+hits+T0.25+floor`)
+# on the count features: `DACDR+hits` is 0.3's DACDR; 0.4 the sharper steps: `DACDR+hits+T0.25+floor`; 0.5 `pinit
+# DACDR+hits+T0.25+floor`; 0.6 the same `+umean`)
 V02 = {"match_counts": False, "domain_mass_feature": False, "temperature": 1.0, "prior_floor": False,
-       "domain_prior": False}
+       "domain_prior": False, "history_mean": False}
 # the domain prior as first measured (plan items 40-49): started at 0, gain 1 unless a `+pg…` lever says otherwise
 ZERO_PRIOR = {"domain_prior": True, "domain_prior_gain": 1.0, "domain_prior_init": "zero"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -121,7 +122,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "pg4": {"domain_prior_gain": 4.0},  # with `dprior`: the table times 4 (it learns 4 times faster under Adam)
     "pg16": {"domain_prior_gain": 16.0},
     "pid": {"domain_prior_keys": ("domain",)},  # with `dprior`: keyed on the domain id only
-    "fi0": {"floor_init": 0.0},  # `finit` probes only: the floor's logit starts at 0 (share 0.5)
+    "fi0": {"floor_init": 0.0},
+    "umean": {"history_mean": True},  # the whole history's mean into the encoder (plan item 52)  # `finit` probes only: the floor's logit starts at 0 (share 0.5)
 }
 
 

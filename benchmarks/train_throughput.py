@@ -23,7 +23,8 @@ graph of small ops instead of the one function with a hand-written backward, lay
 compile, and one recompile for an epoch's last, smaller batch, fall in the warm-up or in one round); `compile` (torch.compile of the model); `bf16` (CPU autocast to bfloat16
 in the forward pass; not the same results); `chunkN`, e.g. `chunk256` (the one-function scoring called on
 slices of N samples, so that a slice's sequence stays in the core's cache between the products; the same maths);
-`no-prior` (DACDR without dacdr 0.5's domain prior on step 1: 0.4's model); `flat-prior` (the domain prior as
+`no-prior` (DACDR without dacdr 0.5's domain prior on step 1); `no-umean` (without dacdr 0.6's history mean in
+the encoder; with `no-prior`: 0.4's model); `flat-prior` (the domain prior as
 0.5 first computed it: a flat gather of [B, L] per table instead of the tables' rows summed first and one gather
 per item field; the same maths).
 """
@@ -57,7 +58,7 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior", "flat-prior")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior", "no-umean", "flat-prior")
 
 
 def peak_rss_mb() -> float:
@@ -235,8 +236,10 @@ def _flat_prior(self, seq: torch.Tensor, item: torch.Tensor, domain: torch.Tenso
 
 
 def model_params(levers: set[str]) -> dict[str, object]:
-    """Constructor parameters a lever sets (`no-prior`: DACDR without its domain prior)."""
-    return {"domain_prior": False} if "no-prior" in levers else {}
+    """Constructor parameters a lever sets (`no-prior`: DACDR without its domain prior; `no-umean`: without the
+    history's mean in the encoder)."""
+    return ({"domain_prior": False} if "no-prior" in levers else {}) | (
+        {"history_mean": False} if "no-umean" in levers else {})
 
 
 def parse_spec(spec: str) -> tuple[str, set[str]]:

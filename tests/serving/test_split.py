@@ -56,7 +56,10 @@ def _cases(spec, seed: int = 3):
 
 
 VARIANTS = [
-    ("DACDR", {}),  # 0.4's defaults: count features, token match, temperature 0.25, step 2's prior floor
+    ("DACDR", {}),  # 0.6's defaults: count features, token match, temperature 0.25, step 2's prior floor, step 1's
+    # domain prior, the history's mean in the encoder
+    ("DACDR", {"history_mean": False}),  # 0.5's
+    ("DACDR w/o DA&IA", {"ablation": "drop", "history_mean": True}),  # one mean serves the dropped pooling and 0.6
     ("DACDR", {"temperature": 1.0, "prior_floor": False}),  # 0.3's
     ("DACDR w/o DA", {}),
     ("DACDR w/o IA", {}),

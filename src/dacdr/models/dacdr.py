@@ -75,7 +75,9 @@ class DACDR(RecModel):
     history's topics, scaled by ``domain_prior_gain`` (the rate at which Adam moves it); keyed on the ``domain_prior_fields`` among
     the item features (not the item id) that the dataset has — none: no prior — and on the domain fields
     ``domain_prior_keys`` (None: every domain field); ``domain_prior_init="data"`` starts the domain id's table
-    from the domains' attribute frequencies in the training rows (`init_from_data`), ``"zero"`` at 0.
+    from the domains' attribute frequencies in the training rows (`init_from_data`), ``"zero"`` at 0;
+    ``history_mean`` (on by default since dacdr 0.6) gives the encoder the whole history's masked mean beside the
+    attended summaries, for every variant alike.
     """
 
     # (choice, MODEL.md's config switch) one model for every domain, trained on source and target samples,
@@ -117,6 +119,7 @@ class DACDR(RecModel):
         domain_prior_gain: float = 4.0,
         domain_prior_keys: tuple[str, ...] | None = None,
         domain_prior_init: Literal["data", "zero"] = "data",
+        history_mean: bool = True,
     ):
         super().__init__(
             spec, variant=variant, dim=dim, heads=heads, user_dim=user_dim,
@@ -128,7 +131,7 @@ class DACDR(RecModel):
             match_bonus=match_bonus, match_bonus_init=match_bonus_init, domain_prior=domain_prior,
             domain_prior_fields=list(domain_prior_fields), domain_prior_gain=domain_prior_gain,
             domain_prior_keys=None if domain_prior_keys is None else list(domain_prior_keys),
-            domain_prior_init=domain_prior_init,
+            domain_prior_init=domain_prior_init, history_mean=history_mean,
         )
         if variant not in ("full", "no_da", "no_ia", "pool"):
             raise ValueError(f"unknown DACDR variant {variant!r}")
@@ -178,7 +181,12 @@ class DACDR(RecModel):
         enc_in = m * dim
         enc_in += m * dim if keep_da else 0
         enc_in += n * dim if keep_ia else 0
-        enc_in += dim if variant == "pool" and ablation == "drop" else 0
+        # (choice, dacdr 0.6, docs/models.md) the whole history's masked mean as one more encoder input, for every
+        # variant alike: a sharp step 1 (0.5's prior) otherwise hides the history as a whole (e.g. how often she
+        # clicks at all) from the encoder
+        self.history_mean = history_mean
+        self.drop_pool = variant == "pool" and ablation == "drop"
+        enc_in += dim if self.drop_pool or history_mean else 0
         self.encoder = mlp([enc_in, *encoder_hidden, user_dim], dropout, last_activation=True)
         # (choice, measured in docs/models.md) The predictor also sees the element-wise product of each
         # candidate token with what the history offers for it, so it need not learn a dot product with ReLUs.
@@ -207,7 +215,7 @@ class DACDR(RecModel):
         """A description written before a default moved describes the model it was trained as: no `match_on`
         (dacdr 0.1) = values match and dropped steps; no `match_counts` (before 0.3) = no count features; no
         `prior_floor` (before 0.4) = step 2's prior is alpha itself, and softmax temperature 1; no `domain_prior`
-        (before 0.5) = none."""
+        (before 0.5) = none; no `history_mean` (before 0.6) = the encoder without the history's mean."""
         if "match_on" not in params:
             params = params | {"match_on": "values", "ablation": "drop"}
         if "match_counts" not in params:
@@ -216,6 +224,8 @@ class DACDR(RecModel):
             params = {"temperature": 1.0} | params | {"prior_floor": False}
         if "domain_prior" not in params:
             params = params | {"domain_prior": False}
+        if "history_mean" not in params:
+            params = params | {"history_mean": False}
         return params
 
     def output_layer(self) -> nn.Linear:
@@ -367,7 +377,7 @@ class DACDR(RecModel):
             offered = means_i.mean(2)  # == a_i.mean(1) @ s
         elif ia is not None:
             out["H_i"] = ia.values(a_i, s)
-        if self.variant == "pool" and self.ablation == "drop":
+        if self.drop_pool or self.history_mean:
             out["pooled"] = masked_mean(s, seq_mask)
 
         a_mean = a_i.mean(1)  # [B, n, L]: step 2's allocation per candidate token
@@ -389,7 +399,7 @@ class DACDR(RecModel):
         elif "H_i" in out:
             out["offered"] = out["H_i"]
         else:  # "values" without an item-level output (ablation "drop"): the history as a whole
-            summary = out["pooled"] if "pooled" in out else out["H_d"].mean(1)
+            summary = out["pooled"] if self.drop_pool else out["H_d"].mean(1)
             out["offered"] = summary.unsqueeze(1).expand_as(e_i)
         return out
 
@@ -446,4 +456,4 @@ register("DACDR w/o DA&IA", DACDR, family="dacdr", order=170, tags=("ablation",)
 # MODEL.md verbatim: no match feature (the predictor sees [u_t; vec(E_i)]), ablations as the paper reads them.
 register("DACDR (paper)", DACDR, family="dacdr", order=130, variant="full", match_features=False, ablation="drop",
          match_on="values", match_counts=False, temperature=1.0, prior_floor=False,
-         domain_prior=False)
+         domain_prior=False, history_mean=False)

@@ -45,7 +45,7 @@ COVERED_PARAMS = {
     "match_on", "ablation", "value_init", "position_keys", "temperature", "mass_feature", "match_counts",
     "count_weights", "domain_mass_feature", "attention_score", "cosine_scale", "prior_floor", "match_bonus",
     "match_bonus_init", "domain_prior", "domain_prior_fields", "domain_prior_gain",
-    "domain_prior_keys", "domain_prior_init",
+    "domain_prior_keys", "domain_prior_init", "history_mean",
 }
 """DACDR's constructor parameters the split reproduces (`match_bonus` only when off; the domain prior is part of
 step 1, all user side); a model with another one
@@ -115,7 +115,8 @@ class _Layout:
         n, m = len(spec.item_fields), len(spec.domain_fields)
         att = model.item_attention or model.domain_attention
         self.k, self.n, self.m, self.h = k, n, m, att.heads if att is not None else 1
-        # encoder: [E_d (m k); H_d (m k)?; H_i (n k)?; pooled (k)?]; H_i is the only candidate-dependent part
+        # encoder: [E_d (m k); H_d (m k)?; H_i (n k)?; pooled (k)?] (pooled: the dropped pooling ablation's, or
+        # `history_mean`'s); H_i is the only candidate-dependent part
         self.enc_hi = m * k + (m * k if model.domain_attention is not None else 0)  # where H_i starts
         # predictor: [user (u); E_i (n k); match (n k)?; log_mass (n)?; hits (2n)?; log_mass_d (m)?]
         u = [mod for mod in model.encoder if isinstance(mod, nn.Linear)][-1].out_features
@@ -173,6 +174,9 @@ class UserSide(nn.Module):
             out["bias"] = bias.repeat(h)
             out["s_m"] = s_m
             out["enc_pre"] = enc0.bias + enc0.weight[:, : lay.enc_hi] @ torch.cat(enc_in)
+            if "pooled" in parts:  # the history's mean (`history_mean`) follows H_i in the encoder's input
+                hi_end = lay.enc_hi + n * k
+                out["enc_pre"] = out["enc_pre"] + enc0.weight[:, hi_end: hi_end + k] @ parts["pooled"].reshape(-1)
             if model.mass_feature:
                 # log_mass = top logit - log(top weight) [- log(valid) without a prior], 0 for an empty history
                 shift = torch.zeros(1) if model.use_da else torch.log(valid.clamp_min(1.0))
