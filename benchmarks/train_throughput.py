@@ -26,7 +26,8 @@ slices of N samples, so that a slice's sequence stays in the core's cache betwee
 `no-prior` (DACDR without dacdr 0.5's domain prior on step 1); `no-umean` (without dacdr 0.6's history mean in
 the encoder; with `no-prior`: 0.4's model); `flat-prior` (the domain prior as
 0.5 first computed it: a flat gather of [B, L] per table instead of the tables' rows summed first and one gather
-per item field; the same maths).
+per item field; the same maths); `sep-mean` (0.6's history mean as a pass of its own, as first written, instead
+of a row of the one-function scoring's weighted means; the same maths).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior", "no-umean", "flat-prior")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior", "no-umean", "flat-prior", "sep-mean")
 
 
 def peak_rss_mb() -> float:
@@ -268,6 +269,8 @@ def lever_context(levers: set[str], device: torch.device) -> contextlib.ExitStac
             stack.enter_context(chunked_scoring(int(lever[len("chunk"):])))
     if "flat-prior" in levers:
         stack.enter_context(class_flag("step1_prior", _flat_prior))
+    if "sep-mean" in levers:
+        stack.enter_context(class_flag("fused_mean", False))
     if "bf16" in levers:
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack

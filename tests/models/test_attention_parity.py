@@ -303,7 +303,7 @@ def scoring_paths_agree(model, batch, monkeypatch) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("params", [{}, {"temperature": 1.0, "prior_floor": False}, {"temperature": 0.3},
                                     {"mass_feature": True, "domain_mass_feature": True}, {"heads": 4},
-                                    {"match_on": "values", "match_counts": False}])
+                                    {"match_on": "values", "match_counts": False}, {"history_mean": False}])
 def test_fused_scoring_equals_the_graph_and_the_steps(params, handmade_prepared, batch, monkeypatch):
     """Training's one-function scoring of both steps (DACDR.fused_core) against autograd's graph of the same fused
     steps and against the steps one by one: the same outputs and every parameter's gradient (the batch has

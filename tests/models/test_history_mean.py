@@ -10,6 +10,7 @@ import torch
 from dacdr.data.batches import BatchGatherer
 from dacdr.models import create_model
 from dacdr.models.dacdr import DACDR
+from tests.models.test_attention_parity import _close
 
 
 @pytest.fixture
@@ -49,6 +50,29 @@ def test_the_mean_changes_the_score_and_its_absence_is_the_model_without_it(hand
         torch.testing.assert_close(with_mean.score(batch), plain.score(batch))
         first.weight[:, -k:] = 1.0
         assert not torch.allclose(with_mean.score(batch), plain.score(batch))
+
+
+def test_the_mean_inside_the_one_function_scoring_is_the_mean_as_a_pass_of_its_own(handmade_prepared, batch,
+                                                                                  monkeypatch):
+    """Training takes the mean as one more row of the scoring's weighted means (`fused_mean`): the same mean and
+    the same gradients as the separate masked mean."""
+    torch.manual_seed(0)
+    model = create_model("DACDR", handmade_prepared.spec)
+    def run():
+        model.zero_grad()
+        parts = model.attend(batch["seq"], batch["seq_mask"], batch["item"], batch["domain"])
+        proj = {k: torch.randn(parts[k].shape, generator=torch.Generator().manual_seed(i))
+                for i, k in enumerate(sorted(parts))}
+        sum((parts[k] * proj[k]).sum() for k in parts).backward()
+        return parts["pooled"].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fused, g_fused = run()
+    monkeypatch.setattr(DACDR, "fused_mean", False)
+    separate, g_sep = run()
+    torch.testing.assert_close(fused, separate)
+    assert g_fused.keys() == g_sep.keys()
+    for name in g_sep:  # sums in another order: float32's noise relative to each gradient's scale
+        _close(g_fused[name], g_sep[name], what=name)
 
 
 def test_descriptions_before_0_6_and_the_paper_model_have_none(handmade_prepared):

@@ -88,6 +88,8 @@ class DACDR(RecModel):
     fuse_steps = True
     # ... and the default model's scoring of both steps in one autograd function (off: autograd's graph of it)
     fused_core = True
+    # ... with the history's mean (`history_mean`) as one more row of its weighted means (off: a pass of its own)
+    fused_mean = True
 
     def __init__(
         self,
@@ -311,7 +313,9 @@ class DACDR(RecModel):
             mix = torch.sigmoid(self.prior_logit) if self.prior_logit is not None else None
             pooled, w, alpha, log_mass_d, log_mass = two_step_attention(
                 torch.cat([rows_d, ia.query_rows(e_i)], dim=1), s, seq_mask, mix, md,
-                self.domain_mass_feature, self.mass_feature, prior_d)
+                self.domain_mass_feature, self.mass_feature, prior_d, self.history_mean and self.fused_mean)
+            if self.history_mean and self.fused_mean:  # the history's mean: the means' last row (its gradient inside)
+                out["pooled"], pooled = pooled[:, -1], pooled[:, :-1]
             a_d = w[:, :md].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, m, L]
             a_i = w[:, md:].view(w.shape[0], -1, h, length).transpose(1, 2)  # [B, h, n, L]
             if log_mass_d is not None:
@@ -377,7 +381,7 @@ class DACDR(RecModel):
             offered = means_i.mean(2)  # == a_i.mean(1) @ s
         elif ia is not None:
             out["H_i"] = ia.values(a_i, s)
-        if self.drop_pool or self.history_mean:
+        if (self.drop_pool or self.history_mean) and "pooled" not in out:
             out["pooled"] = masked_mean(s, seq_mask)
 
         a_mean = a_i.mean(1)  # [B, n, L]: step 2's allocation per candidate token

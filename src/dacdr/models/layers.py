@@ -332,9 +332,12 @@ class _TwoStepAttention(torch.autograd.Function):
     and temperature in them (`CrossAttention.query_rows`); s [B, L, k], the sequence (keys and values); keep [B, L]
     the float mask and bias [B, L] the additive one (-1e9 on masked keys), built once per batch; uniform [B, L],
     the uniform allocation; mix, the prior floor's share (None: step 2's prior is step 1's allocation itself);
-    bias_d [B, L] or None, an additive term of step 1's logits (`DACDR`'s domain prior).
-    Outputs: the weighted means [B, J, k] of every row, the weights in rows [B, J, L] (zero on masked keys), step 1's
-    allocation alpha [B, L], and the log-masses [B, J] of step 1's / step 2's rows when asked (else None).
+    bias_d [B, L] or None, an additive term of step 1's logits (`DACDR`'s domain prior); mean, whether to add the
+    history's masked mean (the uniform allocation's) as one more row of the means (`DACDR`'s `history_mean`): its
+    gradient then joins the sequence's inside the same product instead of a pass of its own.
+    Outputs: the weighted means [B, J, k] of every row ([B, J + 1, k] with ``mean``, the mean last), the weights in
+    rows [B, J, L] (zero on masked keys), step 1's allocation alpha [B, L], and the log-masses [B, J] of step 1's /
+    step 2's rows when asked (else None).
 
     The maths of `CrossAttention.weights_from_scores` applied step by step (tests/models/test_attention_parity.py):
     ``softmax(scores + bias)`` per row, step 2 with the floored log prior added. Autograd's graph of that is a few
@@ -345,7 +348,8 @@ class _TwoStepAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, s, keep, bias, uniform, mix, md: int, mass_d: bool, mass_i: bool, bias_d=None):
+    def forward(ctx, q, s, keep, bias, uniform, mix, md: int, mass_d: bool, mass_i: bool, bias_d=None,
+                mean: bool = False):
         logits = q @ s.transpose(1, 2)  # [B, J, L], rows (query, head); this function's own buffer
         logits.add_(bias[:, None, :])
         if bias_d is not None:  # step 1's own additive term (the domain prior), on its rows only
@@ -359,7 +363,8 @@ class _TwoStepAttention(torch.autograd.Function):
         x_i.add_(torch.log(prior.clamp_min(1e-12))[:, None, :])
         soft_i = torch.softmax(x_i, dim=-1)
         torch.mul(soft_i, keep[:, None, :], out=w[:, md:])
-        pooled = w @ s
+        rows = torch.cat([w, uniform[:, None, :]], dim=1) if mean else w  # [B, J (+ 1), L]
+        pooled = rows @ s
         valid = keep.sum(-1, keepdim=True)  # [B, 1]
         log_mass_d = log_mass_i = None
         # log sum_l e^x_l = top - log(the top's softmax weight), as `weights_from_scores`; no prior: uniform's
@@ -369,18 +374,19 @@ class _TwoStepAttention(torch.autograd.Function):
         if mass_i:
             lm = x_i.amax(-1) - torch.log(soft_i.amax(-1))
             log_mass_i = torch.where(valid > 0, lm, torch.zeros_like(lm))
-        ctx.md = md
-        ctx.save_for_backward(q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior)
+        ctx.md, ctx.mean = md, mean
+        ctx.save_for_backward(q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior, rows)
         return pooled, w, alpha, log_mass_d, log_mass_i
 
     @staticmethod
     @once_differentiable  # a gradient of this gradient would need its own derivation: refuse it plainly
     def backward(ctx, g_pooled, g_w, g_alpha, g_mass_d, g_mass_i):
-        q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior = ctx.saved_tensors
-        md = ctx.md
+        q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior, rows = ctx.saved_tensors
+        md, j = ctx.md, w.shape[1]
         k = keep[:, None, :]
-        # the weights' gradient: from the means (one product) and from the weights themselves
-        g = g_pooled @ s.transpose(1, 2) if g_pooled is not None else torch.zeros_like(w)
+        # the weights' gradient: from the means (one product; the history mean's row has fixed weights) and from the
+        # weights themselves
+        g = g_pooled[:, :j] @ s.transpose(1, 2) if g_pooled is not None else torch.zeros_like(w)
         if g_w is not None:
             g = g + g_w
         valid = (keep.sum(-1, keepdim=True) > 0).to(keep.dtype)  # [B, 1]: an empty history has no log-mass
@@ -410,10 +416,10 @@ class _TwoStepAttention(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # both uses of the sequence: dX^T q + W^T (d means), summed inside the product
             g_s = g_x.transpose(1, 2) @ q
             if g_pooled is not None:
-                g_s.baddbmm_(w.transpose(1, 2), g_pooled)
+                g_s.baddbmm_(rows.transpose(1, 2), g_pooled)
         # step 1's additive term was added to each of its rows: its gradient is their sum
         g_bias_d = g_x[:, :md].sum(1) if ctx.needs_input_grad[9] else None
-        return g_q, g_s, None, None, None, g_mix, None, None, None, g_bias_d
+        return g_q, g_s, None, None, None, g_mix, None, None, None, g_bias_d, None
 
 
 def two_step_attention(
@@ -425,12 +431,13 @@ def two_step_attention(
     mass_d: bool = False,
     mass_i: bool = False,
     bias_d: torch.Tensor | None = None,
+    mean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """`_TwoStepAttention` with the masks built once for the batch: q [B, J, k] query rows (step 1's first md),
     s [B, L, k], mask [B, L] bool, mix the prior floor's share or None, bias_d [B, L] an additive term of step 1's
-    logits or None -> (means [B, J, k], weights [B, J, L], alpha [B, L], log-masses [B, md] / [B, J - md] or
-    None)."""
+    logits or None, mean: add the history's masked mean as a last row of the means -> (means [B, J (+ 1), k],
+    weights [B, J, L], alpha [B, L], log-masses [B, md] / [B, J - md] or None)."""
     keep = mask.to(s.dtype)
     bias = (1.0 - keep) * _MASKED
     uniform = keep / keep.sum(1, keepdim=True).clamp_min(1.0)  # `uniform_weights`, in the sequence's dtype
-    return _TwoStepAttention.apply(q, s, keep, bias, uniform, mix, md, mass_d, mass_i, bias_d)
+    return _TwoStepAttention.apply(q, s, keep, bias, uniform, mix, md, mass_d, mass_i, bias_d, mean)
