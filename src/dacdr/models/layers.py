@@ -374,7 +374,7 @@ class _TwoStepAttention(torch.autograd.Function):
         if mass_i:
             lm = x_i.amax(-1) - torch.log(soft_i.amax(-1))
             log_mass_i = torch.where(valid > 0, lm, torch.zeros_like(lm))
-        ctx.md, ctx.mean = md, mean
+        ctx.md = md
         ctx.save_for_backward(q, s, keep, uniform, mix, soft_d, soft_i, w, alpha, prior, rows)
         return pooled, w, alpha, log_mass_d, log_mass_i
 
