@@ -59,7 +59,8 @@ from dacdr.models.layers import _MASKED, CrossAttention, pool_over, scores_over
 # Attention forms, oldest first (each adds one lever to the one before; no lever = the library's current form),
 # then levers applied on top of whichever form runs.
 FORMS = ("textbook", "absorbed", "absorbed-lse", "absorbed-lse-contig")
-LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior", "no-umean", "flat-prior", "sep-mean")
+LEVERS = (*FORMS, "stepwise", "graph-scoring", "compile-scoring", "compile", "bf16", "chunkN", "no-prior", "no-umean",
+          "flat-prior", "sep-mean")
 
 
 def peak_rss_mb() -> float:
@@ -150,10 +151,12 @@ def class_flag(name: str, value: object) -> Iterator[None]:
         setattr(DACDR, name, saved)
 
 
-def _scoring_graph(q, s, mask, mix, md, mass_d=False, mass_i=False):
+def _scoring_graph(q, s, mask, mix, md, mass_d=False, mass_i=False, bias_d=None, mean=False):
     """`layers.two_step_attention`'s maths as plain autograd ops (no hand-written backward), for torch.compile."""
     keep = mask.to(s.dtype)
     logits = q @ s.transpose(1, 2) + ((1.0 - keep) * _MASKED)[:, None, :]
+    if bias_d is not None:  # step 1's domain prior, on its rows only
+        logits = torch.cat([logits[:, :md] + bias_d[:, None, :], logits[:, md:]], dim=1)
     soft_d = torch.softmax(logits[:, :md], dim=-1)
     w_d = soft_d * keep[:, None, :]
     alpha = w_d.mean(1)
@@ -170,7 +173,8 @@ def _scoring_graph(q, s, mask, mix, md, mass_d=False, mass_i=False):
     if mass_i:
         lm = x_i.amax(-1) - torch.log(soft_i.amax(-1))
         lm_i = torch.where(valid, lm, torch.zeros_like(lm))
-    return w @ s, w, alpha, lm_d, lm_i
+    rows = torch.cat([w, uniform[:, None, :]], dim=1) if mean else w  # the history's mean as a last row
+    return rows @ s, w, alpha, lm_d, lm_i
 
 
 _compiled_scoring = None
@@ -197,11 +201,11 @@ def chunked_scoring(size: int) -> Iterator[None]:
     concatenates the slices' sequence gradients): the same maths, a slice's [size, L, k] sequence in cache."""
     real = dacdr_module.two_step_attention
 
-    def chunked(q, s, mask, mix, md, mass_d=False, mass_i=False, bias_d=None):
+    def chunked(q, s, mask, mix, md, mass_d=False, mass_i=False, bias_d=None, mean=False):
         if s.shape[0] <= size:
-            return real(q, s, mask, mix, md, mass_d, mass_i, bias_d)
+            return real(q, s, mask, mix, md, mass_d, mass_i, bias_d, mean)
         biases = bias_d.split(size) if bias_d is not None else [None] * len(s.split(size))
-        parts = [real(qc, sc, mc, mix, md, mass_d, mass_i, bc)
+        parts = [real(qc, sc, mc, mix, md, mass_d, mass_i, bc, mean)
                  for qc, sc, mc, bc in zip(q.split(size), s.split(size), mask.split(size), biases, strict=True)]
         return tuple(None if parts[0][j] is None else torch.cat([p[j] for p in parts]) for j in range(5))
 

@@ -72,3 +72,28 @@ def test_plugin_quality_splits_the_plug_in_and_prices_the_normaliser(tmp_path, w
         assert out["correlation"] > 0.1
     norm = plugin_quality.normalisation_table(*out["frames"])
     assert list(norm) == list(out["rows"]) and all(0.5 < a < 1.0 and 0.5 < b < 1.0 for a, b in norm.values())
+
+
+def test_throughput_levers_keep_the_scoring_function_signature_and_maths() -> None:
+    """`train_throughput.py`'s stand-ins for `two_step_attention` (`chunkN`, and the graph `compile-scoring`
+    compiles) take its arguments — the domain prior's bias and the history mean's row included — and give its
+    outputs, so that a lever measures the same model."""
+    import torch
+
+    import dacdr.models.dacdr as dacdr_module
+    from dacdr.models.layers import two_step_attention
+
+    bench = load(BENCH / "train_throughput.py")
+    gen = torch.Generator().manual_seed(0)
+    b, j, md, length, k = 10, 6, 2, 7, 4
+    q, s = torch.randn(b, j, k, generator=gen), torch.randn(b, length, k, generator=gen)
+    mask = torch.rand(b, length, generator=gen) > 0.3
+    mask[0] = False  # an empty history
+    bias_d, mix = torch.randn(b, length, generator=gen), torch.tensor(0.2)
+    want = two_step_attention(q, s, mask, mix, md, True, True, bias_d, True)
+    with bench.chunked_scoring(3):
+        chunked = dacdr_module.two_step_attention(q, s, mask, mix, md, True, True, bias_d, True)
+    graph = bench._scoring_graph(q, s, mask, mix, md, True, True, bias_d, True)
+    for got in (chunked, graph):
+        for a, w in zip(got, want, strict=True):
+            torch.testing.assert_close(a, w, atol=1e-5, rtol=1e-5)
